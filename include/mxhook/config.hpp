@@ -1,0 +1,82 @@
+#pragma once
+// The whole configuration, read once from the environment at start-up.
+// Every setting is an environment variable; every error names its variable.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mxhook {
+
+// Thrown by load_config; what() is one line that starts with the variable's name.
+class ConfigError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+struct ListenAddress {
+    std::string host;  // "0.0.0.0", "::", "127.0.0.1" (IPv6 without brackets)
+    std::uint16_t port = 25;
+};
+
+enum class BareLfPolicy { normalize, reject };
+
+struct Config {
+    // SMTP
+    std::vector<ListenAddress> smtp_listen;                 // SMTP_LISTEN, default 0.0.0.0:25
+    std::string smtp_hostname;                              // SMTP_HOSTNAME, default gethostname()
+    std::size_t smtp_max_message_bytes = 26214400;          // SMTP_MAX_MESSAGE_BYTES
+    std::size_t smtp_max_recipients = 1000;                 // SMTP_MAX_RECIPIENTS
+    BareLfPolicy smtp_bare_lf = BareLfPolicy::normalize;    // SMTP_BARE_LF: normalize | reject
+    std::chrono::milliseconds smtp_timeout{300000};          // SMTP_TIMEOUT_MS
+    std::chrono::milliseconds shutdown_grace{30000};         // SHUTDOWN_GRACE_MS
+    bool accept_all_recipients = true;                      // ACCEPT_ALL_RECIPIENTS
+    std::vector<std::string> accepted_domains;              // ACCEPTED_DOMAINS, lower-cased
+
+    // Spool
+    std::filesystem::path spool_dir = "/var/spool/mxhook";  // SPOOL_DIR
+    std::filesystem::path spool_tmp_dir;                    // SPOOL_TMP_DIR, default SPOOL_DIR/tmp
+    std::filesystem::path spool_pending_dir;                // SPOOL_PENDING_DIR
+    std::filesystem::path spool_processing_dir;             // SPOOL_PROCESSING_DIR
+    std::filesystem::path spool_dead_dir;                   // SPOOL_DEAD_DIR
+
+    // Webhook
+    std::string webhook_url;                                // WEBHOOK_URL (required, http/https)
+    std::string webhook_signing_key;                        // WEBHOOK_SIGNING_KEY (empty: unsigned)
+    std::size_t webhook_concurrency = 16;                   // WEBHOOK_CONCURRENCY
+    std::chrono::milliseconds webhook_timeout{10000};        // WEBHOOK_TIMEOUT_MS
+
+    // Retries
+    std::chrono::milliseconds retry_scan_interval{5000};     // RETRY_SCAN_INTERVAL_MS
+    std::chrono::milliseconds retry_interval{30000};         // RETRY_INTERVAL_MS
+    std::chrono::milliseconds retry_max_interval{3600000};   // RETRY_MAX_INTERVAL_MS
+    std::chrono::milliseconds max_retry_age{0};              // MAX_RETRY_AGE_MS (0 = for ever)
+
+    // Operation
+    std::string log_level = "info";                         // LOG_LEVEL: trace debug info warn error critical off
+};
+
+using EnvLookup = std::function<std::optional<std::string>(std::string_view name)>;
+
+// Reads the process environment.
+EnvLookup process_env();
+
+// Builds the configuration; throws ConfigError naming the variable on any bad value.
+// Unset and empty variables take their defaults (except WEBHOOK_URL, which is required).
+Config load_config(const EnvLookup& env);
+
+// "1", "true", "yes", "on" (any case) -> true; "0", "false", "no", "off" -> false;
+// anything else -> nullopt.
+std::optional<bool> parse_bool(std::string_view text);
+
+// Splits a comma list, trims each item, drops empty items.
+std::vector<std::string> split_list(std::string_view text);
+
+}  // namespace mxhook

@@ -1,0 +1,99 @@
+#pragma once
+// The SMTP server protocol (RFC 5321, with RFC 3463 enhanced status codes) as a pure
+// state machine: command lines in, reply text and actions out. It knows nothing of
+// sockets, disks or time, so it can be unit-tested and fuzzed directly. The session
+// owns the I/O and tells the machine how DATA ended.
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mxhook::smtp {
+
+struct ProtocolSettings {
+    std::string hostname = "localhost";
+    std::size_t max_message_bytes = 26214400;
+    std::size_t max_recipients = 1000;
+    bool accept_all_recipients = true;
+    std::vector<std::string> accepted_domains;  // lower-case
+    std::size_t max_errors = 20;                // hard error limit: 421 and close
+    std::size_t max_received_headers = 100;     // more means a mail loop: 554 5.4.6
+};
+
+// What the client has told us about the message being sent.
+struct Envelope {
+    std::string sender;                   // bare address; "" for the null path <>
+    std::vector<std::string> recipients;  // bare addresses, in RCPT order
+    bool smtputf8 = false;
+    bool body_8bitmime = false;
+};
+
+enum class Action {
+    none,        // send the reply (if any) and read the next command
+    start_data,  // send the 354 reply, then read the message with the DATA decoder
+    close,       // send the reply, then close the connection
+};
+
+struct Step {
+    std::string reply;  // complete reply, CRLF-terminated lines; may be multi-line
+    Action action = Action::none;
+};
+
+// How the DATA phase ended, as the session saw it.
+enum class DataOutcome {
+    queued,          // committed to the spool (id given)
+    too_big,         // more than max_message_bytes arrived
+    bare_lf,         // a bare LF line end arrived and SMTP_BARE_LF=reject
+    local_error,     // the spool failed (disk full, fsync error...)
+    loop,            // more Received: headers than max_received_headers (a mail loop)
+};
+
+class Protocol {
+public:
+    explicit Protocol(ProtocolSettings settings);
+
+    std::string greeting() const;
+    // One command line, without its CRLF (or LF).
+    Step on_line(std::string_view line);
+    // The command line was longer than the limit; the session discarded it.
+    Step on_line_too_long();
+    // Ends the DATA phase started by Action::start_data and resets the transaction.
+    Step on_data_end(DataOutcome outcome, std::string_view id = {});
+    // The reply sent to every client when the server shuts down.
+    static std::string_view shutdown_reply();
+    static std::string_view timeout_reply();
+
+    const Envelope& envelope() const { return envelope_; }
+    const std::string& helo() const { return helo_; }
+    bool esmtp() const { return esmtp_; }
+    bool in_data() const { return state_ == State::data; }
+
+private:
+    enum class State { need_helo, ready, mail, rcpt, data };
+
+    Step error(std::string reply);
+    Step on_helo(std::string_view arg, bool extended);
+    Step on_mail(std::string_view arg);
+    Step on_rcpt(std::string_view arg);
+    Step on_data(std::string_view arg);
+    void reset_transaction();
+    bool domain_accepted(std::string_view address) const;
+
+    ProtocolSettings settings_;
+    State state_ = State::need_helo;
+    std::string helo_;
+    bool esmtp_ = false;
+    Envelope envelope_;
+    std::size_t errors_ = 0;
+};
+
+// Parses "<path> [params]" after "FROM:" / "TO:". Exposed for tests.
+struct PathArgument {
+    bool ok = false;
+    std::string address;              // without angle brackets and source route
+    std::vector<std::string> params;  // "KEY=VALUE" or "KEY", as sent
+};
+PathArgument parse_path_argument(std::string_view text);
+
+}  // namespace mxhook::smtp

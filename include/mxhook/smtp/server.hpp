@@ -1,0 +1,43 @@
+#pragma once
+// The listeners: one acceptor per SMTP_LISTEN address, a session coroutine per
+// connection, and the bookkeeping for a graceful stop.
+
+#include "mxhook/config.hpp"
+#include "mxhook/smtp/session.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <functional>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace mxhook::smtp {
+
+class Server {
+public:
+    Server(boost::asio::io_context& io, SessionContext& context);
+
+    // Binds every address; throws std::runtime_error naming SMTP_LISTEN on failure.
+    void listen(const std::vector<ListenAddress>& addresses);
+    void start();
+    // Stops accepting and asks every session to finish; on_idle runs (on the io thread)
+    // once the last session has ended, at once if there is none.
+    void stop(std::function<void()> on_idle);
+    std::size_t session_count() const { return sessions_.size(); }
+
+private:
+    boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
+    void session_ended(Session* session);
+
+    boost::asio::io_context& io_;
+    SessionContext& context_;
+    std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
+    std::unordered_map<Session*, std::weak_ptr<Session>> sessions_;
+    std::function<void()> on_idle_;
+    bool stopping_ = false;
+};
+
+}  // namespace mxhook::smtp

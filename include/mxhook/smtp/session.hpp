@@ -1,0 +1,71 @@
+#pragma once
+// One SMTP connection: owns the socket, runs the protocol state machine, streams DATA
+// through the decoder into the spool, and commits before it answers 250. Straight-line
+// coroutine code; a watchdog timer enforces SMTP_TIMEOUT_MS on every read and write.
+
+#include "mxhook/config.hpp"
+#include "mxhook/smtp/data_decoder.hpp"
+#include "mxhook/smtp/protocol.hpp"
+#include "mxhook/spool/spool.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <array>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace mxhook::smtp {
+
+// What every session shares; lives as long as the server.
+struct SessionContext {
+    const Config& config;
+    ProtocolSettings protocol;
+    spool::Spool& spool;
+    boost::asio::thread_pool& pool;
+    std::function<void(const std::string& id)> on_queued;  // called on the io thread after 250
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+public:
+    Session(boost::asio::ip::tcp::socket socket, SessionContext& context);
+
+    boost::asio::awaitable<void> run();
+    // Server shutdown: an idle session answers 421 and closes at once; a session in
+    // DATA finishes its message first.
+    void shutdown();
+
+private:
+    boost::asio::awaitable<void> serve();
+    boost::asio::awaitable<void> watchdog();
+    boost::asio::awaitable<bool> read_more();
+    boost::asio::awaitable<void> flush();
+    // Runs the DATA phase after the DATA command was accepted (reply354 is its 354).
+    // Returns the final reply, or nullopt when the connection was lost.
+    boost::asio::awaitable<std::optional<Step>> receive_message(const std::string& reply354);
+    boost::asio::awaitable<void> discard(spool::TmpItem& item);
+    boost::asio::awaitable<void> close_with(std::string_view reply);
+    void arm_deadline();
+    std::size_t available() const { return rlen_ - rpos_; }
+
+    boost::asio::ip::tcp::socket socket_;
+    SessionContext& context_;
+    Protocol protocol_;
+    boost::asio::steady_timer watchdog_timer_;
+    std::chrono::steady_clock::time_point deadline_;
+    std::string client_ip_;
+    std::string out_;                      // replies not yet written
+    std::array<char, 65536> rbuf_{};       // bytes read, [rpos_, rlen_) not yet consumed
+    std::size_t rpos_ = 0;
+    std::size_t rlen_ = 0;
+    bool shutting_down_ = false;
+    bool timed_out_ = false;
+    bool closed_ = false;
+};
+
+}  // namespace mxhook::smtp

@@ -1,0 +1,53 @@
+#pragma once
+// meta.json, in exactly the format haraka-webhook writes (so an existing spool is
+// adopted as it is): pretty-printed with two spaces and a trailing newline.
+
+#include "mxhook/mail/headers.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mxhook::spool {
+
+using Clock = std::chrono::system_clock;
+
+struct Remote {
+    std::string ip;
+    std::string host;
+    std::string helo;
+};
+
+struct Meta {
+    std::string id;
+    Clock::time_point created_at;
+    std::int64_t attempts = 0;
+    std::optional<Clock::time_point> next_attempt_at;   // null in JSON when unset
+    std::string sender;  // as written: "<a@b>", "a@b" or "" (null sender); see bare_address()
+    std::vector<std::string> recipients;
+    std::string from;
+    std::string subject;
+    mail::Headers headers;
+    Remote remote;
+    std::optional<Clock::time_point> last_attempt_at;   // written after the first attempt
+    std::optional<std::string> last_error;
+};
+
+// ISO-8601 UTC with milliseconds: "2026-11-25T17:03:14.123Z" (JavaScript's toISOString).
+std::string iso8601(Clock::time_point t);
+// Parses what iso8601 writes (and the same without milliseconds); nullopt when malformed.
+std::optional<Clock::time_point> parse_iso8601(std::string_view text);
+
+// Serialises meta.json (two-space indent, trailing newline, haraka-webhook's field order).
+std::string to_json(const Meta& meta);
+// Parses meta.json; throws std::runtime_error saying what is wrong. Accepts items written
+// by haraka-webhook (sender may be "<user@example.com>", optional fields absent).
+Meta parse_meta(std::string_view json);
+
+// "<user@example.com>" -> "user@example.com"; "<>" -> ""; bare addresses unchanged.
+std::string bare_address(std::string_view address);
+
+}  // namespace mxhook::spool

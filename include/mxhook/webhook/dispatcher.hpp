@@ -1,0 +1,64 @@
+#pragma once
+// Delivers spooled messages to the webhook: claims pending/<id> into processing/<id>,
+// POSTs the signed payload through the shared HTTP client, and then deletes the item
+// (2xx), dead-letters it (406, unreadable) or puts it back in pending/ with its next
+// attempt time (anything else). Freshly queued messages are dispatched at once; a scan
+// every RETRY_SCAN_INTERVAL_MS picks up due retries and items found on disk.
+// Runs on the io_context thread; all disk work goes to the worker pool.
+
+#include "mxhook/config.hpp"
+#include "mxhook/http/client.hpp"
+#include "mxhook/spool/spool.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace mxhook::webhook {
+
+class Dispatcher {
+public:
+    Dispatcher(boost::asio::io_context& io, boost::asio::thread_pool& pool, const spool::Spool& spool,
+               http::Client& client, const Config& config);
+
+    void start();
+    // A message was just committed to pending/: deliver it now.
+    void notify(const std::string& id);
+    // Stops claiming new items; on_idle runs once no delivery is in flight. Items still
+    // in processing/ at exit go back to pending/ at the next start.
+    void stop(std::function<void()> on_idle);
+    std::size_t in_flight() const { return in_flight_; }
+
+private:
+    boost::asio::awaitable<void> scan_loop();
+    boost::asio::awaitable<void> scan_once();
+    boost::asio::awaitable<void> deliver(std::string id);
+    boost::asio::awaitable<void> attempt(const std::string& id);
+    void enqueue(const std::string& id);
+    void pump();
+    void delivery_done(const std::string& id);
+
+    boost::asio::io_context& io_;
+    boost::asio::thread_pool& pool_;
+    const spool::Spool& spool_;
+    http::Client& client_;
+    const Config& config_;
+    boost::asio::steady_timer scan_timer_;
+    std::deque<std::string> queue_;                 // ids waiting for a delivery slot
+    std::unordered_set<std::string> busy_;          // ids queued or in flight
+    std::unordered_map<std::string, std::chrono::system_clock::time_point> not_before_;  // known retry times
+    std::size_t in_flight_ = 0;
+    bool stopping_ = false;
+    bool scanning_ = false;
+    std::function<void()> on_idle_;
+};
+
+}  // namespace mxhook::webhook

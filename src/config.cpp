@@ -1,0 +1,326 @@
+#include "mxhook/config.hpp"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <limits.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+
+namespace mxhook {
+namespace {
+
+// Durations are capped well below what std::chrono::system_clock (nanoseconds on
+// libstdc++ and libc++) can hold, so that "now + delay" can never overflow later.
+constexpr std::uint64_t max_duration_ms = 1'000'000'000'000;  // about 31 years
+
+bool is_ascii_space(char c) { return c == ' ' || c == '\t'; }
+
+char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+std::string lower(std::string_view text) {
+    std::string out(text);
+    std::transform(out.begin(), out.end(), out.begin(), ascii_lower);
+    return out;
+}
+
+std::string_view trim(std::string_view text) {
+    while (!text.empty() && is_ascii_space(text.front())) text.remove_prefix(1);
+    while (!text.empty() && is_ascii_space(text.back())) text.remove_suffix(1);
+    return text;
+}
+
+// Quotes a user-supplied value for an error message, escaping anything that could
+// break the "one line" promise or confuse a terminal.
+std::string quote_value(std::string_view value) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out = "\"";
+    for (unsigned char c : value) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += static_cast<char>(c);
+        } else if (c < 0x20 || c == 0x7f) {
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 0xf];
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    out += '"';
+    return out;
+}
+
+[[noreturn]] void fail(std::string_view name, std::string_view problem) {
+    std::string line(name);
+    line += ": ";
+    line += problem;
+    throw ConfigError(line);
+}
+
+[[noreturn]] void fail(std::string_view name, std::string_view problem, std::string_view got) {
+    std::string line(problem);
+    line += " (got ";
+    line += quote_value(got);
+    line += ')';
+    fail(name, line);
+}
+
+// Decimal digits only: a sign, space or unit suffix is far more likely a mistake
+// than something to guess at.
+std::optional<std::uint64_t> parse_decimal(std::string_view text) {
+    if (text.empty() || !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return std::nullopt;
+    std::uint64_t value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+    return value;
+}
+
+// Reads configuration variables; unset and empty are the same thing.
+class Reader {
+public:
+    explicit Reader(const EnvLookup& env) : env_(env) {}
+
+    std::optional<std::string> get(std::string_view name) const {
+        auto value = env_(name);
+        if (!value || value->empty()) return std::nullopt;
+        return value;
+    }
+
+    std::uint64_t number(std::string_view name, std::uint64_t fallback, bool allow_zero,
+                         std::uint64_t max) const {
+        auto text = get(name);
+        if (!text) return fallback;
+        auto value = parse_decimal(*text);
+        const char* kind = allow_zero ? "must be a non-negative integer" : "must be a positive integer";
+        if (!value || (*value == 0 && !allow_zero)) fail(name, kind, *text);
+        if (*value > max) fail(name, std::string(kind) + " no larger than " + std::to_string(max), *text);
+        return *value;
+    }
+
+    std::size_t count(std::string_view name, std::size_t fallback) const {
+        return static_cast<std::size_t>(number(name, fallback, false, std::numeric_limits<std::size_t>::max()));
+    }
+
+    std::chrono::milliseconds millis(std::string_view name, std::chrono::milliseconds fallback,
+                                     bool allow_zero = false) const {
+        auto ms = number(name, static_cast<std::uint64_t>(fallback.count()), allow_zero, max_duration_ms);
+        return std::chrono::milliseconds{static_cast<std::chrono::milliseconds::rep>(ms)};
+    }
+
+    std::filesystem::path path(std::string_view name, const std::filesystem::path& fallback) const {
+        auto text = get(name);
+        return text ? std::filesystem::path(*text) : fallback;
+    }
+
+private:
+    const EnvLookup& env_;
+};
+
+std::optional<std::uint16_t> parse_port(std::string_view text) {
+    auto value = parse_decimal(text);
+    if (!value || *value < 1 || *value > 65535) return std::nullopt;
+    return static_cast<std::uint16_t>(*value);
+}
+
+// The acceptor binds to literal addresses; a host name here would need a resolver at
+// start-up and could silently bind somewhere unexpected, so only IP literals pass.
+ListenAddress parse_listen_item(std::string_view item) {
+    constexpr std::string_view name = "SMTP_LISTEN";
+    std::string_view host;
+    std::string_view port;
+    bool ipv6 = false;
+    if (!item.empty() && item.front() == '[') {
+        auto close = item.find(']');
+        if (close == std::string_view::npos)
+            fail(name, "IPv6 address is missing its closing ']'", item);
+        host = item.substr(1, close - 1);
+        auto rest = item.substr(close + 1);
+        if (rest.empty() || rest.front() != ':') fail(name, "expected [address]:port", item);
+        port = rest.substr(1);
+        ipv6 = true;
+    } else {
+        auto colon = item.rfind(':');
+        if (colon == std::string_view::npos) fail(name, "expected host:port", item);
+        host = item.substr(0, colon);
+        port = item.substr(colon + 1);
+        if (host.find(':') != std::string_view::npos)
+            fail(name, "an IPv6 address must be written in brackets, e.g. [::1]:25", item);
+    }
+    if (host.empty()) fail(name, "the address is empty", item);
+    auto port_number = parse_port(port);
+    if (!port_number) fail(name, "port must be a number from 1 to 65535", item);
+
+    std::string host_text(host);
+    unsigned char buffer[sizeof(struct in6_addr)];
+    if (inet_pton(ipv6 ? AF_INET6 : AF_INET, host_text.c_str(), buffer) != 1)
+        fail(name, ipv6 ? "not a valid IPv6 address" : "not a valid IPv4 address", item);
+    return ListenAddress{std::move(host_text), *port_number};
+}
+
+std::vector<ListenAddress> parse_listen(const Reader& reader) {
+    auto text = reader.get("SMTP_LISTEN");
+    if (!text) return {ListenAddress{"0.0.0.0", 25}};
+    std::vector<ListenAddress> out;
+    for (const auto& item : split_list(*text)) out.push_back(parse_listen_item(item));
+    if (out.empty()) fail("SMTP_LISTEN", "no address given", *text);
+    return out;
+}
+
+bool valid_hostname(std::string_view name) {
+    return std::none_of(name.begin(), name.end(), [](char ch) {
+        auto c = static_cast<unsigned char>(ch);
+        return c <= 0x20 || c == 0x7f;
+    });
+}
+
+std::string parse_hostname(const Reader& reader) {
+    constexpr std::string_view name = "SMTP_HOSTNAME";
+    if (auto text = reader.get(name)) {
+        if (!valid_hostname(*text)) fail(name, "must not contain spaces or control characters", *text);
+        return *text;
+    }
+    char buffer[HOST_NAME_MAX + 1] = {};
+    if (gethostname(buffer, sizeof buffer - 1) != 0 || buffer[0] == '\0')
+        fail(name, "not set and the system host name is unavailable; set it explicitly");
+    std::string host(buffer);
+    if (!valid_hostname(host))
+        fail(name, "not set and the system host name is unusable; set it explicitly", host);
+    return host;
+}
+
+BareLfPolicy parse_bare_lf(const Reader& reader) {
+    auto text = reader.get("SMTP_BARE_LF");
+    if (!text) return BareLfPolicy::normalize;
+    auto word = lower(*text);
+    if (word == "normalize") return BareLfPolicy::normalize;
+    if (word == "reject") return BareLfPolicy::reject;
+    fail("SMTP_BARE_LF", "must be normalize or reject", *text);
+}
+
+bool parse_flag(const Reader& reader, std::string_view name, bool fallback) {
+    auto text = reader.get(name);
+    if (!text) return fallback;
+    auto value = parse_bool(*text);
+    if (!value) fail(name, "must be one of 1/true/yes/on or 0/false/no/off", *text);
+    return *value;
+}
+
+struct CurlUrlDeleter {
+    void operator()(CURLU* handle) const { curl_url_cleanup(handle); }
+};
+struct CurlFree {
+    void operator()(char* text) const { curl_free(text); }
+};
+using CurlString = std::unique_ptr<char, CurlFree>;
+
+// The URL is not echoed back: it may carry credentials (https://user:secret@host/).
+std::string parse_webhook_url(const Reader& reader) {
+    constexpr std::string_view name = "WEBHOOK_URL";
+    auto text = reader.get(name);
+    if (!text) fail(name, "is required");
+    std::unique_ptr<CURLU, CurlUrlDeleter> url(curl_url());
+    if (!url) fail(name, "could not be checked (out of memory)");
+    if (auto rc = curl_url_set(url.get(), CURLUPART_URL, text->c_str(), CURLU_NON_SUPPORT_SCHEME); rc != CURLUE_OK)
+        fail(name, std::string("is not a valid absolute URL: ") + curl_url_strerror(rc));
+
+    char* raw = nullptr;
+    if (curl_url_get(url.get(), CURLUPART_SCHEME, &raw, 0) != CURLUE_OK)
+        fail(name, "must start with http:// or https://");
+    CurlString scheme(raw);
+    auto scheme_text = lower(scheme.get());
+    if (scheme_text != "http" && scheme_text != "https")
+        fail(name, "must start with http:// or https:// (got scheme " + quote_value(scheme_text) + ")");
+
+    raw = nullptr;
+    auto rc = curl_url_get(url.get(), CURLUPART_HOST, &raw, 0);
+    CurlString host(raw);
+    if (rc != CURLUE_OK || !host || host.get()[0] == '\0') fail(name, "must name a host");
+    return *text;
+}
+
+std::string parse_log_level(const Reader& reader) {
+    auto text = reader.get("LOG_LEVEL");
+    if (!text) return "info";
+    auto word = lower(*text);
+    if (word == "warning") return "warn";
+    for (std::string_view level : {"trace", "debug", "info", "warn", "error", "critical", "off"})
+        if (word == level) return word;
+    fail("LOG_LEVEL", "must be one of trace, debug, info, warn, error, critical, off", *text);
+}
+
+}  // namespace
+
+EnvLookup process_env() {
+    return [](std::string_view name) -> std::optional<std::string> {
+        const char* value = std::getenv(std::string(name).c_str());
+        if (!value) return std::nullopt;
+        return std::string(value);
+    };
+}
+
+std::optional<bool> parse_bool(std::string_view text) {
+    auto word = lower(text);
+    if (word == "1" || word == "true" || word == "yes" || word == "on") return true;
+    if (word == "0" || word == "false" || word == "no" || word == "off") return false;
+    return std::nullopt;
+}
+
+std::vector<std::string> split_list(std::string_view text) {
+    std::vector<std::string> out;
+    while (true) {
+        auto comma = text.find(',');
+        auto item = trim(text.substr(0, comma));
+        if (!item.empty()) out.emplace_back(item);
+        if (comma == std::string_view::npos) break;
+        text.remove_prefix(comma + 1);
+    }
+    return out;
+}
+
+Config load_config(const EnvLookup& env) {
+    Reader reader(env);
+    Config c;
+
+    c.smtp_listen = parse_listen(reader);
+    c.smtp_hostname = parse_hostname(reader);
+    c.smtp_max_message_bytes = reader.count("SMTP_MAX_MESSAGE_BYTES", c.smtp_max_message_bytes);
+    c.smtp_max_recipients = reader.count("SMTP_MAX_RECIPIENTS", c.smtp_max_recipients);
+    c.smtp_bare_lf = parse_bare_lf(reader);
+    c.smtp_timeout = reader.millis("SMTP_TIMEOUT_MS", c.smtp_timeout);
+    c.shutdown_grace = reader.millis("SHUTDOWN_GRACE_MS", c.shutdown_grace);
+
+    c.accept_all_recipients = parse_flag(reader, "ACCEPT_ALL_RECIPIENTS", c.accept_all_recipients);
+    if (auto domains = reader.get("ACCEPTED_DOMAINS")) {
+        for (auto& domain : split_list(*domains)) c.accepted_domains.push_back(lower(domain));
+    }
+    if (!c.accept_all_recipients && c.accepted_domains.empty())
+        fail("ACCEPTED_DOMAINS", "must list at least one domain when ACCEPT_ALL_RECIPIENTS is false "
+                                 "(otherwise every recipient would be refused)");
+
+    c.spool_dir = reader.path("SPOOL_DIR", c.spool_dir);
+    c.spool_tmp_dir = reader.path("SPOOL_TMP_DIR", c.spool_dir / "tmp");
+    c.spool_pending_dir = reader.path("SPOOL_PENDING_DIR", c.spool_dir / "pending");
+    c.spool_processing_dir = reader.path("SPOOL_PROCESSING_DIR", c.spool_dir / "processing");
+    c.spool_dead_dir = reader.path("SPOOL_DEAD_DIR", c.spool_dir / "dead");
+
+    c.webhook_url = parse_webhook_url(reader);
+    c.webhook_signing_key = reader.get("WEBHOOK_SIGNING_KEY").value_or("");
+    c.webhook_concurrency = reader.count("WEBHOOK_CONCURRENCY", c.webhook_concurrency);
+    c.webhook_timeout = reader.millis("WEBHOOK_TIMEOUT_MS", c.webhook_timeout);
+
+    c.retry_scan_interval = reader.millis("RETRY_SCAN_INTERVAL_MS", c.retry_scan_interval);
+    c.retry_interval = reader.millis("RETRY_INTERVAL_MS", c.retry_interval);
+    c.retry_max_interval = reader.millis("RETRY_MAX_INTERVAL_MS", c.retry_max_interval);
+    c.max_retry_age = reader.millis("MAX_RETRY_AGE_MS", c.max_retry_age, /*allow_zero=*/true);
+
+    c.log_level = parse_log_level(reader);
+    return c;
+}
+
+}  // namespace mxhook

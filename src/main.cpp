@@ -1,0 +1,112 @@
+// mxhook: wiring only. Read the configuration, build the pieces, run the loop.
+
+#include "mxhook/config.hpp"
+#include "mxhook/http/client.hpp"
+#include "mxhook/smtp/server.hpp"
+#include "mxhook/spool/spool.hpp"
+#include "mxhook/webhook/dispatcher.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+namespace {
+
+using namespace mxhook;
+
+// Disk work (write, fsync, rename) is latency-bound, not CPU-bound: a few threads let
+// several sessions commit at once while the io_context thread keeps serving.
+constexpr std::size_t kWorkerThreads = 4;
+
+void setup_logging(const Config& config) {
+    auto logger = spdlog::stderr_color_mt("mxhook");
+    spdlog::set_default_logger(logger);
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc);
+    spdlog::set_level(spdlog::level::from_str(config.log_level));
+}
+
+int run(const Config& config) {
+    spool::Spool spool({config.spool_tmp_dir, config.spool_pending_dir, config.spool_processing_dir,
+                        config.spool_dead_dir});
+    spool.ensure_dirs();
+    const auto recovered = spool.recover();
+    spdlog::info("spool: {} ready; {} item(s) back from processing, {} unacknowledged tmp item(s) removed",
+                 config.spool_dir.string(), recovered.requeued, recovered.removed_tmp);
+
+    boost::asio::io_context io(1);
+    boost::asio::thread_pool pool(kWorkerThreads);
+    http::Client client(io);
+    webhook::Dispatcher dispatcher(io, pool, spool, client, config);
+
+    smtp::ProtocolSettings protocol;
+    protocol.hostname = config.smtp_hostname;
+    protocol.max_message_bytes = config.smtp_max_message_bytes;
+    protocol.max_recipients = config.smtp_max_recipients;
+    protocol.accept_all_recipients = config.accept_all_recipients;
+    protocol.accepted_domains = config.accepted_domains;
+    smtp::SessionContext context{config, protocol, spool, pool,
+                                 [&dispatcher](const std::string& id) { dispatcher.notify(id); }};
+    smtp::Server server(io, context);
+    server.listen(config.smtp_listen);
+    server.start();
+    dispatcher.start();
+    spdlog::info("mxhook ready: webhook {}", config.webhook_url);
+
+    // Graceful stop: stop accepting, let DATA transactions and POSTs in flight finish
+    // within SHUTDOWN_GRACE_MS, then leave whatever remains for start-up recovery.
+    boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+    boost::asio::steady_timer grace(io);
+    int pending_parts = 2;
+    auto part_done = [&] {
+        if (--pending_parts == 0) io.stop();
+    };
+    signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+        if (ec) return;
+        spdlog::info("received signal {}: shutting down ({} session(s), {} delivery(ies) in flight)", signal,
+                     server.session_count(), dispatcher.in_flight());
+        grace.expires_after(config.shutdown_grace);
+        grace.async_wait([&](const boost::system::error_code& timer_ec) {
+            if (timer_ec) return;
+            spdlog::warn("shutdown grace of {} ms over; unfinished work stays in the spool",
+                         config.shutdown_grace.count());
+            client.shutdown();
+            io.stop();
+        });
+        server.stop(part_done);
+        dispatcher.stop(part_done);
+    });
+
+    io.run();
+    client.shutdown();
+    pool.join();
+    spdlog::info("mxhook stopped");
+    return 0;
+}
+
+}  // namespace
+
+int main() {
+    std::signal(SIGPIPE, SIG_IGN);
+    Config config;
+    try {
+        config = load_config(process_env());
+    } catch (const ConfigError& e) {
+        std::cerr << "mxhook: configuration error: " << e.what() << std::endl;
+        return 2;
+    }
+    setup_logging(config);
+    try {
+        return run(config);
+    } catch (const std::exception& e) {
+        spdlog::critical("mxhook: {}", e.what());
+        return 1;
+    }
+}

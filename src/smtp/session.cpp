@@ -1,0 +1,301 @@
+#include "mxhook/smtp/session.hpp"
+
+#include "mxhook/blocking.hpp"
+#include "mxhook/mail/headers.hpp"
+#include "mxhook/mail/received.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+#include <optional>
+
+namespace mxhook::smtp {
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+
+namespace {
+
+// RFC 5321 4.5.3.1.4: a command line is at most 512 octets, CRLF included.
+constexpr std::size_t kMaxCommandLine = 512;
+// Decoded DATA is written to the spool in pieces of about this size.
+constexpr std::size_t kFlushBytes = 256 * 1024;
+// How long a client may take to read our last reply before we drop it.
+constexpr auto kFinalReplyTimeout = std::chrono::seconds(10);
+
+std::string client_address(const asio::ip::tcp::socket& socket) {
+    boost::system::error_code ec;
+    auto address = socket.remote_endpoint(ec).address();
+    if (ec) return "unknown";
+    if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+        address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+    }
+    return address.to_string();
+}
+
+std::string joined(const std::vector<std::string>& items) {
+    std::string out;
+    for (const auto& item : items) {
+        if (!out.empty()) out += ',';
+        out += item;
+    }
+    return out;
+}
+
+}  // namespace
+
+Session::Session(asio::ip::tcp::socket socket, SessionContext& context)
+    : socket_(std::move(socket)),
+      context_(context),
+      protocol_(context.protocol),
+      watchdog_timer_(socket_.get_executor()),
+      client_ip_(client_address(socket_)) {}
+
+void Session::arm_deadline() { deadline_ = std::chrono::steady_clock::now() + context_.config.smtp_timeout; }
+
+void Session::shutdown() {
+    shutting_down_ = true;
+    // An idle session is parked in a read: wake it so it can say 421. A session in
+    // DATA is left alone to finish its message (bounded by the shutdown grace).
+    if (!protocol_.in_data()) {
+        boost::system::error_code ec;
+        socket_.cancel(ec);
+    }
+}
+
+awaitable<void> Session::run() {
+    auto self = shared_from_this();
+    arm_deadline();
+    asio::co_spawn(socket_.get_executor(), [self] { return self->watchdog(); }, asio::detached);
+    try {
+        co_await serve();
+    } catch (const std::exception& e) {
+        spdlog::debug("smtp {}: connection ended: {}", client_ip_, e.what());
+    }
+    closed_ = true;
+    watchdog_timer_.cancel();
+    boost::system::error_code ec;
+    socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+}
+
+awaitable<void> Session::watchdog() {
+    auto self = shared_from_this();
+    while (!closed_) {
+        watchdog_timer_.expires_at(deadline_);
+        boost::system::error_code ec;
+        co_await watchdog_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
+        if (closed_) break;
+        if (std::chrono::steady_clock::now() < deadline_) continue;  // the deadline moved on
+        if (timed_out_) {  // not even the timeout reply could be written
+            socket_.close(ec);
+            break;
+        }
+        timed_out_ = true;
+        deadline_ = std::chrono::steady_clock::now() + kFinalReplyTimeout;
+        socket_.cancel(ec);
+    }
+}
+
+awaitable<bool> Session::read_more() {
+    if (rpos_ > 0) {
+        std::memmove(rbuf_.data(), rbuf_.data() + rpos_, available());
+        rlen_ -= rpos_;
+        rpos_ = 0;
+    }
+    if (rlen_ == rbuf_.size()) co_return true;  // caller consumes before reading again
+    arm_deadline();
+    boost::system::error_code ec;
+    const std::size_t n = co_await socket_.async_read_some(asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_),
+                                                           asio::redirect_error(use_awaitable, ec));
+    if (ec) co_return false;
+    rlen_ += n;
+    co_return true;
+}
+
+awaitable<void> Session::flush() {
+    if (out_.empty()) co_return;
+    if (!timed_out_) arm_deadline();
+    std::string data;
+    data.swap(out_);
+    co_await asio::async_write(socket_, asio::buffer(data), use_awaitable);
+}
+
+awaitable<void> Session::close_with(std::string_view reply) {
+    out_ += reply;
+    boost::system::error_code ec;
+    try {
+        co_await flush();
+    } catch (const std::exception&) {
+    }
+}
+
+awaitable<void> Session::serve() {
+    out_ = protocol_.greeting();
+    co_await flush();
+    for (;;) {
+        if (shutting_down_) {
+            co_await close_with(Protocol::shutdown_reply());
+            co_return;
+        }
+        const char* begin = rbuf_.data() + rpos_;
+        const auto* newline = static_cast<const char*>(std::memchr(begin, '\n', available()));
+        std::optional<Step> step;
+        if (newline == nullptr && available() < kMaxCommandLine) {
+            co_await flush();  // answer everything pipelined so far before waiting for more
+            if (!co_await read_more()) break;
+            continue;
+        }
+        if (newline == nullptr || static_cast<std::size_t>(newline - begin) + 1 > kMaxCommandLine) {
+            // Too long: drop everything up to the next LF, then say so, staying in sync.
+            while (newline == nullptr) {
+                rpos_ = rlen_ = 0;
+                if (!co_await read_more()) co_return;
+                newline = static_cast<const char*>(std::memchr(rbuf_.data(), '\n', available()));
+            }
+            rpos_ = static_cast<std::size_t>(newline - rbuf_.data()) + 1;
+            step = protocol_.on_line_too_long();
+        } else {
+            std::string_view line(begin, static_cast<std::size_t>(newline - begin));
+            rpos_ += line.size() + 1;
+            if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+            step = protocol_.on_line(line);
+        }
+
+        if (step->action == Action::start_data) {
+            auto end = co_await receive_message(step->reply);
+            if (!end) co_return;  // connection lost or timed out inside DATA
+            step = std::move(end);
+        }
+        out_ += step->reply;
+        if (step->action == Action::close) {
+            co_await flush();
+            co_return;
+        }
+    }
+    if (timed_out_) co_await close_with(Protocol::timeout_reply());
+    else if (shutting_down_) co_await close_with(Protocol::shutdown_reply());
+}
+
+}  // namespace mxhook::smtp
+
+namespace mxhook::smtp {
+
+awaitable<void> Session::discard(spool::TmpItem& item) {
+    auto& spool = context_.spool;
+    co_await run_blocking(context_.pool, [&spool, &item] { spool.discard(item); });
+}
+
+awaitable<std::optional<Step>> Session::receive_message(const std::string& reply354) {
+    const auto started = std::chrono::steady_clock::now();
+    const std::string id = spool::new_id();
+    const Envelope envelope = protocol_.envelope();
+    auto& spool = context_.spool;
+    auto& pool = context_.pool;
+
+    auto finish = [&](DataOutcome outcome, std::size_t size) {
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+        static constexpr const char* names[] = {"queued", "too-big", "bare-lf", "local-error", "mail-loop"};
+        spdlog::info("smtp client={} helo={} sender=<{}> recipients={} size={} id={} outcome={} ms={}", client_ip_,
+                     protocol_.helo(), envelope.sender, joined(envelope.recipients), size, id,
+                     names[static_cast<int>(outcome)], ms.count());
+        return std::optional<Step>(protocol_.on_data_end(outcome, id));
+    };
+
+    spool::TmpItem item;
+    try {
+        item = co_await run_blocking(pool, [&spool, &id] { return spool.create(id); });
+    } catch (const std::exception& e) {
+        spdlog::error("spool: cannot create {}: {}", id, e.what());
+        co_return finish(DataOutcome::local_error, 0);
+    }
+    out_ += reply354;
+    co_await flush();
+
+    mail::TraceInfo trace;
+    trace.helo = protocol_.helo();
+    trace.client_ip = client_ip_;
+    trace.by_host = context_.config.smtp_hostname;
+    trace.protocol = protocol_.esmtp() ? "ESMTP" : "SMTP";
+    trace.id = id;
+    if (envelope.recipients.size() == 1) trace.recipient = envelope.recipients.front();
+    trace.when = std::chrono::system_clock::now();
+
+    std::string pending = mail::received_header(trace);
+    mail::HeaderCollector header_section;
+    header_section.feed(pending);
+
+    DataDecoder decoder;
+    std::size_t size = 0;  // bytes of the client's message, our trace header excluded
+    bool too_big = false;
+    bool write_failed = false;
+    for (;;) {
+        if (available() == 0 && !co_await read_more()) {
+            co_await discard(item);
+            if (timed_out_) co_await close_with(Protocol::timeout_reply());
+            spdlog::info("smtp client={} id={} connection lost during DATA after {} bytes", client_ip_, id, size);
+            co_return std::nullopt;
+        }
+        const std::size_t before = pending.size();
+        const auto result = decoder.feed(std::string_view(rbuf_.data() + rpos_, available()), pending);
+        rpos_ += result.consumed;
+        const std::string_view fresh = std::string_view(pending).substr(before);
+        size += fresh.size();
+        if (!header_section.done()) header_section.feed(fresh);
+        if (size > context_.protocol.max_message_bytes) too_big = true;
+        if (too_big || write_failed) {
+            pending.clear();  // keep reading to the end of DATA, store nothing more
+        } else if (pending.size() >= kFlushBytes || result.finished) {
+            try {
+                co_await run_blocking(pool, [&spool, &item, &pending] { spool.append(item, pending); });
+            } catch (const std::exception& e) {
+                spdlog::error("spool: write of {} failed: {}", id, e.what());
+                write_failed = true;
+            }
+            pending.clear();
+        }
+        if (result.finished) break;
+    }
+
+    const bool refuse_bare_lf = decoder.saw_bare_lf() && context_.config.smtp_bare_lf == BareLfPolicy::reject;
+    auto headers = mail::parse_headers(header_section.section());
+    const bool loop = mail::count_headers(headers, "Received") > context_.protocol.max_received_headers + 1;
+    if (too_big || write_failed || refuse_bare_lf || loop) {
+        co_await discard(item);
+        co_return finish(too_big          ? DataOutcome::too_big
+                         : write_failed   ? DataOutcome::local_error
+                         : refuse_bare_lf ? DataOutcome::bare_lf
+                                          : DataOutcome::loop,
+                         size);
+    }
+
+    spool::Meta meta;
+    meta.id = id;
+    meta.created_at = std::chrono::system_clock::now();
+    meta.sender = envelope.sender;
+    meta.recipients = envelope.recipients;
+    meta.from = mail::header_value(headers, "From");
+    meta.subject = mail::header_value(headers, "Subject");
+    meta.headers = std::move(headers);
+    meta.remote = {client_ip_, trace.client_host, protocol_.helo()};
+    bool committed = false;
+    try {
+        co_await run_blocking(pool, [&spool, &item, &meta] { spool.commit(item, meta); });
+        committed = true;
+    } catch (const std::exception& e) {
+        spdlog::error("spool: commit of {} failed: {}", id, e.what());
+    }
+    if (!committed) {
+        co_await discard(item);
+        co_return finish(DataOutcome::local_error, size);
+    }
+    if (context_.on_queued) context_.on_queued(id);
+    co_return finish(DataOutcome::queued, size);
+}
+
+}  // namespace mxhook::smtp

@@ -1,0 +1,436 @@
+// The durable spool. Each state is a directory and each transition a rename(2) inside one
+// filesystem; a rename only counts once the directory it arrived in has been fsynced, and a
+// file is fsynced before the rename that publishes it. A failed fsync is never retried: after
+// a failure the kernel may have dropped the dirty pages and a second fsync can report success
+// for data that never reached the disk, so every failure is reported to the caller.
+
+#include "mxhook/spool/spool.hpp"
+
+#include <boost/uuid/random_generator.hpp>
+#include <boost/uuid/uuid_io.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <utility>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace mxhook::spool {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr mode_t kDirMode = 0700;
+constexpr mode_t kFileMode = 0600;
+constexpr char kMessageFile[] = "message.eml";
+constexpr char kMetaFile[] = "meta.json";
+constexpr char kErrorFile[] = "error.txt";
+
+std::atomic<fault_injection::FsyncHook> g_fsync_hook{nullptr};
+
+[[noreturn]] void throw_error(int err, std::string_view step, const fs::path& path) {
+    throw SpoolError(std::error_code(err, std::system_category()),
+                     std::string(step) + " " + path.string());
+}
+
+[[noreturn]] void throw_errno(std::string_view step, const fs::path& path) {
+    throw_error(errno, step, path);
+}
+
+// Owns one file descriptor.
+class Fd {
+public:
+    Fd() = default;
+    explicit Fd(int fd) : fd_(fd) {}
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+    Fd& operator=(Fd&& other) noexcept {
+        if (this != &other) {
+            reset();
+            fd_ = std::exchange(other.fd_, -1);
+        }
+        return *this;
+    }
+    ~Fd() { reset(); }
+
+    int get() const { return fd_; }
+    void reset() noexcept {
+        if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+    }
+    // Closes and reports the error: on some filesystems (NFS) a write error only shows here.
+    // Not retried on EINTR: Linux has released the descriptor either way.
+    void close(const fs::path& path) {
+        if (fd_ >= 0 && ::close(std::exchange(fd_, -1)) != 0) throw_errno("close", path);
+    }
+
+private:
+    int fd_ = -1;
+};
+
+Fd open_file(const fs::path& path, int flags, std::string_view step) {
+    const int fd = ::open(path.c_str(), flags | O_CLOEXEC, kFileMode);
+    if (fd < 0) throw_errno(step, path);
+    return Fd(fd);
+}
+
+void fsync_fd(int fd, const fs::path& path) {
+    if (auto hook = g_fsync_hook.load(std::memory_order_relaxed)) {
+        if (const int err = hook(path); err != 0) throw_error(err, "fsync", path);
+    }
+    if (::fsync(fd) != 0) throw_errno("fsync", path);
+}
+
+// Makes the entries of a directory (creations, renames into it) durable.
+void sync_dir(const fs::path& dir) {
+    Fd fd = open_file(dir, O_RDONLY | O_DIRECTORY, "open directory");
+    fsync_fd(fd.get(), dir);
+}
+
+void write_all(int fd, std::string_view bytes, const fs::path& path) {
+    while (!bytes.empty()) {
+        const ssize_t n = ::write(fd, bytes.data(), bytes.size());
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw_errno("write", path);
+        }
+        if (n == 0) throw_error(EIO, "write", path);  // no progress: don't spin
+        bytes.remove_prefix(static_cast<std::size_t>(n));
+    }
+}
+
+// Creates (or, with O_TRUNC, overwrites) a file and makes its content durable. The entry
+// itself becomes durable with the fsync of its directory, which the caller does.
+void write_file_durable(const fs::path& path, std::string_view content, int create_flag) {
+    Fd fd = open_file(path, O_WRONLY | O_CREAT | create_flag, "create");
+    write_all(fd.get(), content, path);
+    fsync_fd(fd.get(), path);
+    fd.close(path);
+}
+
+// Replaces a file atomically: a crash leaves either the old or the new content, never a
+// torn mix. A stale ".tmp" left by an earlier crash is simply overwritten.
+void replace_file_durable(const fs::path& path, std::string_view content) {
+    fs::path tmp = path;
+    tmp += ".tmp";
+    write_file_durable(tmp, content, O_TRUNC);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) throw_errno("rename", tmp);
+}
+
+std::string read_file(const fs::path& path) {
+    Fd fd = open_file(path, O_RDONLY, "open");
+    std::string content;
+    char buf[64 * 1024];
+    for (;;) {
+        const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw_errno("read", path);
+        }
+        if (n == 0) return content;
+        content.append(buf, static_cast<std::size_t>(n));
+    }
+}
+
+void rename_dir(const fs::path& from, const fs::path& to) {
+    if (::rename(from.c_str(), to.c_str()) != 0) throw_errno("rename " + from.string() + " to", to);
+}
+
+bool exists_nofollow(const fs::path& path) {
+    struct stat st {};
+    return ::lstat(path.c_str(), &st) == 0;
+}
+
+void remove_tree(const fs::path& path) {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+    if (ec) throw SpoolError(ec, "remove " + path.string());
+}
+
+// Ids become directory names, so refuse anything that could leave the spool directory or
+// hide from list_pending (which skips dotfiles).
+bool is_safe_id(std::string_view id) {
+    return !id.empty() && id.front() != '.' && id.find('/') == std::string_view::npos &&
+           id.find('\0') == std::string_view::npos;
+}
+
+fs::path item_dir(const fs::path& state_dir, const std::string& id) {
+    if (!is_safe_id(id)) throw_error(EINVAL, "invalid spool id", id);
+    return state_dir / id;
+}
+
+bool is_directory_entry(DIR* dir, const dirent& entry) {
+    if (entry.d_type != DT_UNKNOWN) return entry.d_type == DT_DIR;
+    // Some filesystems don't fill d_type; symlinks are not items either way.
+    struct stat st {};
+    return ::fstatat(::dirfd(dir), entry.d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+}
+
+enum class Entries { all, item_dirs };
+
+// Names in a directory, without "." and "..". item_dirs: only directories not starting with '.'.
+std::vector<std::string> list_dir(const fs::path& path, Entries which) {
+    std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(path.c_str()), &::closedir);
+    if (!dir) throw_errno("open directory", path);
+    std::vector<std::string> names;
+    for (;;) {
+        errno = 0;
+        const dirent* entry = ::readdir(dir.get());
+        if (entry == nullptr) break;
+        const std::string_view name = entry->d_name;
+        if (name == "." || name == "..") continue;
+        if (which == Entries::item_dirs && (name.front() == '.' || !is_directory_entry(dir.get(), *entry))) {
+            continue;
+        }
+        names.emplace_back(name);
+    }
+    if (errno != 0) throw_errno("read directory", path);
+    return names;
+}
+
+// mkdir -p with mode 0700 for what is created; each new directory is made durable in its
+// parent so that a crash cannot take away a directory that acknowledged items live in.
+void make_dirs(const fs::path& target) {
+    fs::path current;
+    for (const auto& part : target) {
+        const fs::path parent = current.empty() ? fs::path(".") : current;
+        current /= part;
+        if (::mkdir(current.c_str(), kDirMode) == 0) {
+            sync_dir(parent);
+            continue;
+        }
+        if (errno != EEXIST) throw_errno("mkdir", current);
+        struct stat st {};
+        if (::stat(current.c_str(), &st) != 0) throw_errno("stat", current);
+        if (!S_ISDIR(st.st_mode)) throw_error(ENOTDIR, "mkdir", current);
+    }
+}
+
+// The rename failed because something already sits at the target (directory renames never
+// replace a non-empty directory), as opposed to a real error.
+bool target_occupied(int err, const fs::path& target) {
+    return (err == EEXIST || err == ENOTEMPTY || err == ENOTDIR) && exists_nofollow(target);
+}
+
+// Moves an item into dead/, choosing dead/<id>.<n> when dead/<id> is taken. Returns where it went.
+fs::path move_to_dead(const fs::path& from, const fs::path& dead_dir, const std::string& id) {
+    constexpr int kMaxSuffix = 1000;
+    for (int n = 0; n < kMaxSuffix; ++n) {
+        const fs::path target = dead_dir / (n == 0 ? id : id + "." + std::to_string(n));
+        if (::rename(from.c_str(), target.c_str()) == 0) return target;
+        const int err = errno;
+        if (!target_occupied(err, target)) throw_error(err, "rename " + from.string() + " to", target);
+    }
+    throw_error(EEXIST, "rename " + from.string() + " into", dead_dir);
+}
+
+}  // namespace
+
+namespace fault_injection {
+void set_fsync_hook(FsyncHook hook) noexcept {
+    g_fsync_hook.store(hook, std::memory_order_relaxed);
+}
+}  // namespace fault_injection
+
+std::string new_id() {
+    // random_generator holds its own state and is not thread-safe; one per thread.
+    thread_local boost::uuids::random_generator generator;
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count();
+    return std::to_string(ms) + "-" + boost::uuids::to_string(generator());
+}
+
+// --- TmpItem ------------------------------------------------------------------------------
+
+TmpItem::TmpItem(TmpItem&& other) noexcept
+    : id_(std::move(other.id_)), dir_(std::move(other.dir_)), fd_(std::exchange(other.fd_, -1)) {}
+
+TmpItem& TmpItem::operator=(TmpItem&& other) noexcept {
+    if (this != &other) {
+        if (fd_ >= 0) ::close(fd_);
+        id_ = std::move(other.id_);
+        dir_ = std::move(other.dir_);
+        fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+}
+
+TmpItem::~TmpItem() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+// --- Spool: set-up --------------------------------------------------------------------------
+
+Spool::Spool(Layout layout) : layout_(std::move(layout)) {}
+
+void Spool::ensure_dirs() const {
+    for (const fs::path* dir : {&layout_.tmp, &layout_.pending, &layout_.processing, &layout_.dead}) {
+        make_dirs(*dir);
+    }
+}
+
+RecoveryReport Spool::recover() const {
+    RecoveryReport report;
+    // Attempts cut short by a stop or crash go back to pending/ to be tried again. When
+    // pending/<id> exists too, the rename fails rather than replace it; the copy stays in
+    // processing/ for the operator instead of being deleted.
+    for (const std::string& id : list_dir(layout_.processing, Entries::item_dirs)) {
+        const fs::path from = layout_.processing / id;
+        const fs::path to = layout_.pending / id;
+        if (::rename(from.c_str(), to.c_str()) == 0) {
+            ++report.requeued;
+            continue;
+        }
+        const int err = errno;
+        if (!target_occupied(err, to)) throw_error(err, "rename " + from.string() + " to", to);
+    }
+    if (report.requeued > 0) sync_dir(layout_.pending);
+
+    // tmp/ holds only what was never acknowledged (or already delivered): all of it can go.
+    for (const std::string& name : list_dir(layout_.tmp, Entries::all)) {
+        remove_tree(layout_.tmp / name);
+        ++report.removed_tmp;
+    }
+    return report;
+}
+
+// --- Spool: receiving -----------------------------------------------------------------------
+
+TmpItem Spool::create(const std::string& id) const {
+    const fs::path dir = item_dir(layout_.tmp, id);
+    if (::mkdir(dir.c_str(), kDirMode) != 0) throw_errno("mkdir", dir);
+    const fs::path message = dir / kMessageFile;
+    const int fd = ::open(message.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kFileMode);
+    if (fd < 0) {
+        const int err = errno;
+        ::rmdir(dir.c_str());
+        throw_error(err, "create", message);
+    }
+    TmpItem item;
+    item.id_ = id;
+    item.dir_ = dir;
+    item.fd_ = fd;
+    return item;
+}
+
+void Spool::append(TmpItem& item, std::string_view bytes) const {
+    if (!item.valid()) throw_error(EBADF, "append to", item.dir_ / kMessageFile);
+    write_all(item.fd_, bytes, item.dir_ / kMessageFile);
+}
+
+void Spool::commit(TmpItem& item, const Meta& meta) const {
+    if (!item.valid()) throw_error(EBADF, "commit", item.dir_);
+    // dispatcher and operators find an item by the id inside meta.json as well as by its
+    // directory name; a mismatch is a bug upstream, better caught before the 250.
+    if (meta.id != item.id_) throw_error(EINVAL, "commit (meta.id is \"" + meta.id + "\")", item.dir_);
+
+    const fs::path message = item.dir_ / kMessageFile;
+    fsync_fd(item.fd_, message);
+    const int fd = std::exchange(item.fd_, -1);
+    if (::close(fd) != 0) throw_errno("close", message);
+
+    write_file_durable(item.dir_ / kMetaFile, to_json(meta), O_EXCL);
+    sync_dir(item.dir_);
+
+    const fs::path published = item_dir(layout_.pending, item.id_);
+    rename_dir(item.dir_, published);
+    try {
+        sync_dir(layout_.pending);
+    } catch (...) {
+        // The move may not survive a crash, and the client is about to hear 451 and send the
+        // message again: pull this copy back so it is not delivered as well. (If the dispatcher
+        // claimed it in this instant, the rename fails and the message arrives twice: never lost.)
+        ::rename(published.c_str(), item.dir_.c_str());
+        throw;
+    }
+}
+
+void Spool::discard(TmpItem& item) const noexcept {
+    if (item.fd_ >= 0) ::close(std::exchange(item.fd_, -1));
+    // Always derive the path from tmp/: discard must never touch an item outside tmp/.
+    if (!is_safe_id(item.id_)) return;
+    try {
+        std::error_code ignored;
+        fs::remove_all(layout_.tmp / item.id_, ignored);
+    } catch (...) {
+        // remove_all may throw bad_alloc; what is left in tmp/ goes at the next start-up.
+    }
+}
+
+// --- Spool: dispatching ---------------------------------------------------------------------
+
+std::vector<std::string> Spool::list_pending() const {
+    return list_dir(layout_.pending, Entries::item_dirs);
+}
+
+Meta Spool::read_pending_meta(const std::string& id) const {
+    return parse_meta(read_file(item_dir(layout_.pending, id) / kMetaFile));
+}
+
+bool Spool::claim(const std::string& id) const {
+    const fs::path from = item_dir(layout_.pending, id);
+    const fs::path to = item_dir(layout_.processing, id);
+    if (::rename(from.c_str(), to.c_str()) != 0) {
+        const int err = errno;
+        // ENOENT also means a missing processing/ directory: only "the item is gone" is false.
+        if (err == ENOENT && !exists_nofollow(from)) return false;
+        throw_error(err, "rename " + from.string() + " to", to);
+    }
+    try {
+        sync_dir(layout_.processing);
+    } catch (...) {
+        // Put it back so it is retried without waiting for a restart; recover() handles a crash.
+        ::rename(to.c_str(), from.c_str());
+        throw;
+    }
+    return true;
+}
+
+Meta Spool::read_processing_meta(const std::string& id) const {
+    return parse_meta(read_file(item_dir(layout_.processing, id) / kMetaFile));
+}
+
+fs::path Spool::processing_message(const std::string& id) const {
+    return item_dir(layout_.processing, id) / kMessageFile;
+}
+
+void Spool::remove(const std::string& id) const {
+    const fs::path dir = item_dir(layout_.processing, id);
+    // Take the item out of processing/ in one rename before deleting it: a crash halfway
+    // through a recursive delete would otherwise leave a torn item that recover() requeues
+    // and the dispatcher dead-letters. A leftover in tmp/ is cleared at start-up.
+    const fs::path doomed = layout_.tmp / (id + ".delivered");
+    if (::rename(dir.c_str(), doomed.c_str()) == 0) {
+        std::error_code ignored;  // already out of processing/: the delivery is settled
+        fs::remove_all(doomed, ignored);
+        return;
+    }
+    remove_tree(dir);  // e.g. tmp/ on another filesystem, or a stale leftover in the way
+}
+
+void Spool::release(const std::string& id, const Meta& meta) const {
+    const fs::path dir = item_dir(layout_.processing, id);
+    replace_file_durable(dir / kMetaFile, to_json(meta));
+    sync_dir(dir);
+    rename_dir(dir, item_dir(layout_.pending, id));
+    sync_dir(layout_.pending);
+}
+
+void Spool::dead_letter(const std::string& id, const Meta* meta, std::string_view reason) const {
+    const fs::path dir = item_dir(layout_.processing, id);
+    if (meta != nullptr) replace_file_durable(dir / kMetaFile, to_json(*meta));
+    if (!reason.empty()) write_file_durable(dir / kErrorFile, std::string(reason) + "\n", O_TRUNC);
+    sync_dir(dir);
+    move_to_dead(dir, layout_.dead, id);
+    sync_dir(layout_.dead);
+}
+
+}  // namespace mxhook::spool

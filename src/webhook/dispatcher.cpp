@@ -1,0 +1,207 @@
+#include "mxhook/webhook/dispatcher.hpp"
+
+#include "mxhook/blocking.hpp"
+#include "mxhook/webhook/body_source.hpp"
+#include "mxhook/webhook/payload.hpp"
+#include "mxhook/webhook/retry_policy.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace mxhook::webhook {
+namespace asio = boost::asio;
+using asio::awaitable;
+using Clock = std::chrono::system_clock;
+
+Dispatcher::Dispatcher(asio::io_context& io, asio::thread_pool& pool, const spool::Spool& spool,
+                       http::Client& client, const Config& config)
+    : io_(io), pool_(pool), spool_(spool), client_(client), config_(config), scan_timer_(io) {}
+
+void Dispatcher::start() { asio::co_spawn(io_, scan_loop(), asio::detached); }
+
+void Dispatcher::notify(const std::string& id) {
+    not_before_.erase(id);
+    enqueue(id);
+}
+
+void Dispatcher::enqueue(const std::string& id) {
+    if (stopping_ || !busy_.insert(id).second) return;
+    queue_.push_back(id);
+    pump();
+}
+
+void Dispatcher::pump() {
+    while (!stopping_ && in_flight_ < config_.webhook_concurrency && !queue_.empty()) {
+        std::string id = std::move(queue_.front());
+        queue_.pop_front();
+        ++in_flight_;
+        asio::co_spawn(io_, deliver(std::move(id)), asio::detached);
+    }
+}
+
+void Dispatcher::delivery_done(const std::string& id) {
+    --in_flight_;
+    busy_.erase(id);
+    if (stopping_) {
+        if (in_flight_ == 0 && on_idle_) {
+            auto done = std::move(on_idle_);
+            on_idle_ = nullptr;
+            done();
+        }
+        return;
+    }
+    pump();
+}
+
+void Dispatcher::stop(std::function<void()> on_idle) {
+    stopping_ = true;
+    scan_timer_.cancel();
+    queue_.clear();
+    on_idle_ = std::move(on_idle);
+    if (in_flight_ == 0 && on_idle_) {
+        auto done = std::move(on_idle_);
+        on_idle_ = nullptr;
+        asio::post(io_, std::move(done));
+    }
+}
+
+awaitable<void> Dispatcher::scan_loop() {
+    while (!stopping_) {
+        co_await scan_once();
+        scan_timer_.expires_after(config_.retry_scan_interval);
+        co_await scan_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
+awaitable<void> Dispatcher::scan_once() {
+    std::vector<std::string> ids;
+    try {
+        ids = co_await run_blocking(pool_, [this] { return spool_.list_pending(); });
+    } catch (const std::exception& e) {
+        spdlog::error("dispatch: cannot scan {}: {}", spool_.layout().pending.string(), e.what());
+        co_return;
+    }
+    // Ids start with the arrival time in ms, so sorting delivers the oldest first.
+    std::sort(ids.begin(), ids.end());
+    const auto now = Clock::now();
+    std::unordered_map<std::string, Clock::time_point> still_waiting;
+    for (const auto& id : ids) {
+        const auto known = not_before_.find(id);
+        if (known != not_before_.end() && known->second > now) {
+            still_waiting.insert(*known);
+            continue;
+        }
+        enqueue(id);
+    }
+    // Forget retry times of items that left pending/ by other means (an operator).
+    for (const auto& id : busy_) {
+        if (auto it = not_before_.find(id); it != not_before_.end()) still_waiting.insert(*it);
+    }
+    not_before_ = std::move(still_waiting);
+}
+
+awaitable<void> Dispatcher::deliver(std::string id) {
+    try {
+        co_await attempt(id);
+    } catch (const std::exception& e) {
+        // Spool trouble after the claim: the item stays in processing/ and goes back to
+        // pending/ at the next start. Nothing acknowledged is lost.
+        spdlog::error("dispatch id={}: {}", id, e.what());
+    }
+    delivery_done(id);
+}
+
+awaitable<void> Dispatcher::attempt(const std::string& id) {
+    const auto now = Clock::now();
+    spool::Meta meta;
+    std::string reason;
+    try {
+        meta = co_await run_blocking(pool_, [this, &id] { return spool_.read_pending_meta(id); });
+    } catch (const std::exception& e) {
+        reason = std::string("invalid metadata: ") + e.what();
+    }
+    if (!reason.empty()) {
+        // Claim first: when the item is simply gone there is nothing to dead-letter.
+        const bool claimed = co_await run_blocking(pool_, [this, &id] { return spool_.claim(id); });
+        if (!claimed) co_return;
+        co_await run_blocking(pool_, [this, &id, &reason] { spool_.dead_letter(id, nullptr, reason); });
+        spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
+        co_return;
+    }
+    if (meta.next_attempt_at && *meta.next_attempt_at > now) {
+        not_before_[id] = *meta.next_attempt_at;
+        co_return;
+    }
+    if (!co_await run_blocking(pool_, [this, &id] { return spool_.claim(id); })) co_return;
+
+    if (config_.max_retry_age.count() > 0 && now - meta.created_at > config_.max_retry_age) {
+        meta.last_error = "max retry age exceeded";
+        co_await run_blocking(pool_, [this, &id, &meta] { spool_.dead_letter(id, &meta, ""); });
+        spdlog::warn("dispatch id={} dead-lettered: max retry age exceeded after {} attempts", id, meta.attempts);
+        co_return;
+    }
+
+    std::shared_ptr<FormBodySource> body;
+    std::string prefix = payload_prefix(meta, config_.webhook_signing_key, now);
+    const auto path = spool_.processing_message(id);
+    const asio::any_io_executor executor = io_.get_executor();
+    try {
+        // Captures are references only: g++ 12 mishandles non-trivial temporaries that
+        // live across a co_await (it destroys them twice).
+        body = co_await run_blocking(pool_, [this, &prefix, &path, &executor] {
+            return FormBodySource::open(std::move(prefix), path, pool_, executor);
+        });
+    } catch (const std::exception& e) {
+        reason = std::string("cannot read message: ") + e.what();
+    }
+    if (!body) {
+        meta.last_error = reason;
+        co_await run_blocking(pool_, [this, &id, &meta, &reason] { spool_.dead_letter(id, &meta, reason); });
+        spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
+        co_return;
+    }
+
+    http::Request request;
+    request.url = config_.webhook_url;
+    request.headers.push_back("X-Mxhook-Id: " + id);
+    request.content_type = "application/x-www-form-urlencoded";
+    request.body = body;
+    request.timeout = config_.webhook_timeout;
+    const http::Response response = co_await client_.post(std::move(request));
+
+    const Outcome outcome = response.error.empty() ? classify(response.status) : Outcome::retry;
+    const auto status = response.status == 0 ? std::string("none") : std::to_string(response.status);
+    if (outcome == Outcome::delivered) {
+        co_await run_blocking(pool_, [this, &id] { spool_.remove(id); });
+        not_before_.erase(id);
+        spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, config_.webhook_url, status,
+                     response.duration.count());
+        co_return;
+    }
+
+    meta.attempts += 1;
+    meta.last_attempt_at = now;
+    if (outcome == Outcome::dead) {
+        meta.last_error = "webhook returned 406";
+        co_await run_blocking(pool_, [this, &id, &meta] { spool_.dead_letter(id, &meta, ""); });
+        spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, config_.webhook_url, status,
+                     response.duration.count());
+        co_return;
+    }
+    meta.last_error = response.error.empty() ? "webhook returned " + status : response.error;
+    const auto next = now + retry_delay(config_.retry_interval, config_.retry_max_interval, meta.attempts);
+    meta.next_attempt_at = next;
+    co_await run_blocking(pool_, [this, &id, &meta] { spool_.release(id, meta); });
+    not_before_[id] = next;
+    spdlog::warn("delivery id={} url={} status={} ms={} outcome=retry attempts={} error=\"{}\" next={}", id,
+                 config_.webhook_url, status, response.duration.count(), meta.attempts, *meta.last_error,
+                 spool::iso8601(next));
+}
+
+}  // namespace mxhook::webhook

@@ -1,0 +1,131 @@
+#include "mxhook/webhook/payload.hpp"
+
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <stdexcept>
+
+namespace mxhook::webhook {
+namespace {
+
+constexpr char hex_lower[] = "0123456789abcdef";
+constexpr char hex_upper[] = "0123456789ABCDEF";
+
+std::string to_hex(const unsigned char* bytes, std::size_t size) {
+    std::string out;
+    out.reserve(size * 2);
+    for (std::size_t i = 0; i < size; ++i) {
+        out += hex_lower[bytes[i] >> 4];
+        out += hex_lower[bytes[i] & 0xf];
+    }
+    return out;
+}
+
+// The WHATWG application/x-www-form-urlencoded percent-encode set leaves exactly
+// these bytes alone; everything else (8-bit bytes and NUL included) is escaped.
+constexpr bool is_unreserved(unsigned char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '*' ||
+           c == '-' || c == '.' || c == '_';
+}
+
+void append_field(std::string& out, std::string_view name, std::string_view value) {
+    if (!out.empty()) out += '&';
+    out += name;  // field names are all unreserved characters
+    out += '=';
+    form_encode_append(out, value);
+}
+
+// Like JavaScript's JSON.stringify(headers): compact, non-ASCII left as UTF-8. A header
+// byte that is not valid UTF-8 becomes U+FFFD rather than failing the whole delivery.
+std::string headers_json(const mail::Headers& headers) {
+    auto array = nlohmann::json::array();
+    for (const auto& [name, value] : headers) array.push_back(nlohmann::json::array({name, value}));
+    return array.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace
+
+std::string make_token() {
+    std::array<unsigned char, 25> bytes{};
+    // A predictable token would let anyone replay signatures, so failure is fatal
+    // for this delivery rather than silently weaker.
+    if (RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) != 1)
+        throw std::runtime_error("RAND_bytes failed: no secure random bytes for the webhook token");
+    return to_hex(bytes.data(), bytes.size());
+}
+
+std::string sign(std::string_view key, std::string_view timestamp, std::string_view token) {
+    std::string data;
+    data.reserve(timestamp.size() + token.size());
+    data += timestamp;
+    data += token;
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int digest_size = 0;
+    // HMAC() accepts a NULL key pointer only with length 0; point at something valid anyway.
+    static const unsigned char empty = 0;
+    const void* key_data = key.empty() ? &empty : static_cast<const void*>(key.data());
+    if (HMAC(EVP_sha256(), key_data, static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(data.data()),
+             data.size(), digest, &digest_size) == nullptr)
+        throw std::runtime_error("HMAC-SHA256 failed");
+    return to_hex(digest, digest_size);
+}
+
+void form_encode_append(std::string& out, std::string_view bytes) {
+    for (char ch : bytes) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (is_unreserved(c)) {
+            out += ch;
+        } else if (c == ' ') {
+            out += '+';
+        } else {
+            out += '%';
+            out += hex_upper[c >> 4];
+            out += hex_upper[c & 0xf];
+        }
+    }
+}
+
+std::string form_encode(std::string_view bytes) {
+    std::string out;
+    out.reserve(bytes.size());
+    form_encode_append(out, bytes);
+    return out;
+}
+
+std::uint64_t form_encoded_size(std::string_view bytes) {
+    std::uint64_t size = 0;
+    for (char ch : bytes) {
+        const auto c = static_cast<unsigned char>(ch);
+        size += (is_unreserved(c) || c == ' ') ? 1 : 3;
+    }
+    return size;
+}
+
+std::string payload_prefix(const spool::Meta& meta, std::string_view signing_key,
+                           std::chrono::system_clock::time_point now) {
+    std::string recipients;
+    for (const auto& rcpt : meta.recipients) {
+        if (!recipients.empty()) recipients += ',';
+        recipients += rcpt;
+    }
+    const std::string timestamp = std::to_string(
+        std::chrono::floor<std::chrono::seconds>(now.time_since_epoch()).count());
+    const std::string token = make_token();
+
+    std::string out;
+    append_field(out, "recipient", recipients);
+    append_field(out, "sender", spool::bare_address(meta.sender));
+    append_field(out, "from", meta.from);
+    append_field(out, "subject", meta.subject);
+    append_field(out, "message-headers", headers_json(meta.headers));
+    append_field(out, "timestamp", timestamp);
+    append_field(out, "token", token);
+    if (!signing_key.empty()) append_field(out, "signature", sign(signing_key, timestamp, token));
+    out += "&body-mime=";
+    return out;
+}
+
+}  // namespace mxhook::webhook

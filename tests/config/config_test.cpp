@@ -1,0 +1,309 @@
+#include "mxhook/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <map>
+#include <string>
+
+namespace mxhook {
+namespace {
+
+using namespace std::string_literals;
+
+using Vars = std::map<std::string, std::string, std::less<>>;
+
+constexpr const char* url = "https://hooks.example.com/mail";
+
+EnvLookup env_of(Vars vars) {
+    return [vars = std::move(vars)](std::string_view name) -> std::optional<std::string> {
+        auto it = vars.find(name);
+        if (it == vars.end()) return std::nullopt;
+        return it->second;
+    };
+}
+
+// The minimal environment that loads: only WEBHOOK_URL is required.
+Config load(Vars vars) {
+    vars.emplace("WEBHOOK_URL", url);
+    return load_config(env_of(std::move(vars)));
+}
+
+// Loads and returns the error line, or "" when loading succeeded.
+std::string error_of(Vars vars) {
+    vars.emplace("WEBHOOK_URL", url);
+    try {
+        load_config(env_of(std::move(vars)));
+    } catch (const ConfigError& e) {
+        return e.what();
+    }
+    return "";
+}
+
+bool starts_with(const std::string& text, const std::string& prefix) {
+    return text.rfind(prefix, 0) == 0;
+}
+
+// Asserts that the value is refused with one line naming the variable.
+void expect_rejected(const std::string& name, const std::string& value) {
+    auto error = error_of({{name, value}});
+    EXPECT_TRUE(starts_with(error, name + ": ")) << name << "=" << value << " gave: " << error;
+    EXPECT_EQ(error.find('\n'), std::string::npos) << error;
+}
+
+TEST(ConfigTest, DefaultsWhenOnlyWebhookUrlIsSet) {
+    auto c = load({});
+    ASSERT_EQ(c.smtp_listen.size(), 1u);
+    EXPECT_EQ(c.smtp_listen[0].host, "0.0.0.0");
+    EXPECT_EQ(c.smtp_listen[0].port, 25);
+    EXPECT_FALSE(c.smtp_hostname.empty());
+    EXPECT_EQ(c.smtp_max_message_bytes, 26214400u);
+    EXPECT_EQ(c.smtp_max_recipients, 1000u);
+    EXPECT_EQ(c.smtp_bare_lf, BareLfPolicy::normalize);
+    EXPECT_EQ(c.smtp_timeout.count(), 300000);
+    EXPECT_EQ(c.shutdown_grace.count(), 30000);
+    EXPECT_TRUE(c.accept_all_recipients);
+    EXPECT_TRUE(c.accepted_domains.empty());
+    EXPECT_EQ(c.spool_dir, "/var/spool/mxhook");
+    EXPECT_EQ(c.spool_tmp_dir, "/var/spool/mxhook/tmp");
+    EXPECT_EQ(c.spool_pending_dir, "/var/spool/mxhook/pending");
+    EXPECT_EQ(c.spool_processing_dir, "/var/spool/mxhook/processing");
+    EXPECT_EQ(c.spool_dead_dir, "/var/spool/mxhook/dead");
+    EXPECT_EQ(c.webhook_url, url);
+    EXPECT_EQ(c.webhook_signing_key, "");
+    EXPECT_EQ(c.webhook_concurrency, 16u);
+    EXPECT_EQ(c.webhook_timeout.count(), 10000);
+    EXPECT_EQ(c.retry_scan_interval.count(), 5000);
+    EXPECT_EQ(c.retry_interval.count(), 30000);
+    EXPECT_EQ(c.retry_max_interval.count(), 3600000);
+    EXPECT_EQ(c.max_retry_age.count(), 0);
+    EXPECT_EQ(c.log_level, "info");
+}
+
+TEST(ConfigTest, EmptyVariablesTakeDefaults) {
+    auto c = load({{"SMTP_LISTEN", ""}, {"SMTP_MAX_RECIPIENTS", ""}, {"LOG_LEVEL", ""},
+                   {"ACCEPT_ALL_RECIPIENTS", ""}, {"SPOOL_DIR", ""}, {"SMTP_BARE_LF", ""}});
+    EXPECT_EQ(c.smtp_listen[0].host, "0.0.0.0");
+    EXPECT_EQ(c.smtp_max_recipients, 1000u);
+    EXPECT_EQ(c.log_level, "info");
+    EXPECT_TRUE(c.accept_all_recipients);
+    EXPECT_EQ(c.spool_dir, "/var/spool/mxhook");
+}
+
+TEST(ConfigTest, WebhookUrlIsRequired) {
+    EXPECT_THROW(load_config(env_of({})), ConfigError);
+    try {
+        load_config(env_of({{"WEBHOOK_URL", ""}}));
+        FAIL() << "empty WEBHOOK_URL accepted";
+    } catch (const ConfigError& e) {
+        EXPECT_STREQ(e.what(), "WEBHOOK_URL: is required");
+    }
+}
+
+TEST(ConfigTest, WebhookUrlAcceptsHttpAndHttps) {
+    for (std::string good : {"http://localhost:8080/hook", "https://example.com", "HTTPS://Example.com/a?b=c",
+                             "http://[::1]:9000/x", "https://user:pw@example.com/in"}) {
+        auto c = load_config(env_of({{"WEBHOOK_URL", good}}));
+        EXPECT_EQ(c.webhook_url, good);
+    }
+}
+
+TEST(ConfigTest, WebhookUrlRejectsOtherSchemesAndGarbage) {
+    for (std::string bad : {"ftp://example.com/x", "example.com/hook", "/hook", "http://", "not a url",
+                            "mailto:a@example.com", "http://exa mple.com/"}) {
+        try {
+            load_config(env_of({{"WEBHOOK_URL", bad}}));
+            ADD_FAILURE() << "accepted " << bad;
+        } catch (const ConfigError& e) {
+            EXPECT_TRUE(starts_with(e.what(), "WEBHOOK_URL: ")) << e.what();
+        }
+    }
+}
+
+TEST(ConfigTest, WebhookUrlErrorDoesNotEchoCredentials) {
+    try {
+        load_config(env_of({{"WEBHOOK_URL", "ftp://user:s3cret@example.com/"}}));
+        FAIL();
+    } catch (const ConfigError& e) {
+        EXPECT_EQ(std::string(e.what()).find("s3cret"), std::string::npos) << e.what();
+    }
+}
+
+TEST(ConfigTest, ListenParsesIpv4AndIpv6Lists) {
+    auto c = load({{"SMTP_LISTEN", "127.0.0.1:2525, [::]:25,[::1]:2526 "}});
+    ASSERT_EQ(c.smtp_listen.size(), 3u);
+    EXPECT_EQ(c.smtp_listen[0].host, "127.0.0.1");
+    EXPECT_EQ(c.smtp_listen[0].port, 2525);
+    EXPECT_EQ(c.smtp_listen[1].host, "::");
+    EXPECT_EQ(c.smtp_listen[1].port, 25);
+    EXPECT_EQ(c.smtp_listen[2].host, "::1");
+    EXPECT_EQ(c.smtp_listen[2].port, 2526);
+}
+
+TEST(ConfigTest, ListenPortLimits) {
+    EXPECT_EQ(load({{"SMTP_LISTEN", "0.0.0.0:1"}}).smtp_listen[0].port, 1);
+    EXPECT_EQ(load({{"SMTP_LISTEN", "0.0.0.0:65535"}}).smtp_listen[0].port, 65535);
+}
+
+TEST(ConfigTest, ListenRejectsJunk) {
+    for (std::string bad : {"0.0.0.0", "0.0.0.0:", ":25", "[]:25", "[::1]", "[::1]25", "[::1:25", "::1:25",
+                            "0.0.0.0:0", "0.0.0.0:65536", "0.0.0.0:99999999999999999999", "0.0.0.0:+25",
+                            "0.0.0.0:25x", "0.0.0.0: 25", "localhost:25", "300.1.1.1:25", "[1.2.3.4]:25",
+                            "[zz::1]:25", "0.0.0.0:25,junk", ","}) {
+        expect_rejected("SMTP_LISTEN", bad);
+    }
+}
+
+TEST(ConfigTest, ListenErrorQuotesTheBadItem) {
+    auto error = error_of({{"SMTP_LISTEN", "0.0.0.0:25,1.2.3.4:70000"}});
+    EXPECT_NE(error.find("\"1.2.3.4:70000\""), std::string::npos) << error;
+}
+
+TEST(ConfigTest, Hostname) {
+    EXPECT_EQ(load({{"SMTP_HOSTNAME", "mx1.example.com"}}).smtp_hostname, "mx1.example.com");
+    for (std::string bad : {"mx 1"s, "mx\t1"s, "mx1\r\n"s, "mx\0x"s, "mx\x7f"s}) expect_rejected("SMTP_HOSTNAME", bad);
+}
+
+TEST(ConfigTest, ErrorLineStaysOneLineWithControlCharacters) {
+    auto error = error_of({{"SMTP_HOSTNAME", "evil\r\nINJECTED"}});
+    EXPECT_TRUE(starts_with(error, "SMTP_HOSTNAME: "));
+    EXPECT_EQ(error.find('\n'), std::string::npos);
+    EXPECT_EQ(error.find('\r'), std::string::npos);
+    EXPECT_NE(error.find("\\x0d\\x0a"), std::string::npos) << error;
+}
+
+const char* const positive_vars[] = {
+    "SMTP_MAX_MESSAGE_BYTES", "SMTP_MAX_RECIPIENTS", "SMTP_TIMEOUT_MS",       "SHUTDOWN_GRACE_MS",
+    "WEBHOOK_CONCURRENCY",    "WEBHOOK_TIMEOUT_MS",  "RETRY_SCAN_INTERVAL_MS", "RETRY_INTERVAL_MS",
+    "RETRY_MAX_INTERVAL_MS",
+};
+
+TEST(ConfigTest, PositiveIntegersAreRead) {
+    auto c = load({{"SMTP_MAX_MESSAGE_BYTES", "1048576"}, {"SMTP_MAX_RECIPIENTS", "1"},
+                   {"SMTP_TIMEOUT_MS", "60000"},         {"SHUTDOWN_GRACE_MS", "5"},
+                   {"WEBHOOK_CONCURRENCY", "4"},          {"WEBHOOK_TIMEOUT_MS", "2500"},
+                   {"RETRY_SCAN_INTERVAL_MS", "100"},     {"RETRY_INTERVAL_MS", "1000"},
+                   {"RETRY_MAX_INTERVAL_MS", "86400000"}, {"MAX_RETRY_AGE_MS", "604800000"}});
+    EXPECT_EQ(c.smtp_max_message_bytes, 1048576u);
+    EXPECT_EQ(c.smtp_max_recipients, 1u);
+    EXPECT_EQ(c.smtp_timeout.count(), 60000);
+    EXPECT_EQ(c.shutdown_grace.count(), 5);
+    EXPECT_EQ(c.webhook_concurrency, 4u);
+    EXPECT_EQ(c.webhook_timeout.count(), 2500);
+    EXPECT_EQ(c.retry_scan_interval.count(), 100);
+    EXPECT_EQ(c.retry_interval.count(), 1000);
+    EXPECT_EQ(c.retry_max_interval.count(), 86400000);
+    EXPECT_EQ(c.max_retry_age.count(), 604800000);
+}
+
+TEST(ConfigTest, PositiveIntegersRejectEverythingElse) {
+    for (const char* name : positive_vars) {
+        for (std::string bad : {"0", "00", "-1", "+5", " 5", "5 ", "5ms", "1e3", "1.5", "0x10", "abc",
+                                "18446744073709551616", "99999999999999999999999"}) {
+            expect_rejected(name, bad);
+        }
+    }
+}
+
+TEST(ConfigTest, PositiveIntegerErrorMessageFormat) {
+    EXPECT_EQ(error_of({{"SMTP_MAX_RECIPIENTS", "abc"}}),
+              "SMTP_MAX_RECIPIENTS: must be a positive integer (got \"abc\")");
+}
+
+TEST(ConfigTest, DurationsTooLargeForTheClockAreRefused) {
+    // Would overflow system_clock's nanoseconds when added to now.
+    expect_rejected("RETRY_MAX_INTERVAL_MS", "9223372036854775807");
+    expect_rejected("MAX_RETRY_AGE_MS", "9223372036854775807");
+    EXPECT_EQ(load({{"SMTP_MAX_MESSAGE_BYTES", "9223372036854775807"}}).smtp_max_message_bytes,
+              9223372036854775807u);
+}
+
+TEST(ConfigTest, MaxRetryAgeAllowsZero) {
+    EXPECT_EQ(load({{"MAX_RETRY_AGE_MS", "0"}}).max_retry_age.count(), 0);
+    EXPECT_EQ(load({{"MAX_RETRY_AGE_MS", "1"}}).max_retry_age.count(), 1);
+    for (std::string bad : {"-1", "x", " 0", "1d"}) expect_rejected("MAX_RETRY_AGE_MS", bad);
+    EXPECT_NE(error_of({{"MAX_RETRY_AGE_MS", "-1"}}).find("non-negative"), std::string::npos);
+}
+
+TEST(ConfigTest, BareLfPolicy) {
+    EXPECT_EQ(load({{"SMTP_BARE_LF", "reject"}}).smtp_bare_lf, BareLfPolicy::reject);
+    EXPECT_EQ(load({{"SMTP_BARE_LF", "REJECT"}}).smtp_bare_lf, BareLfPolicy::reject);
+    EXPECT_EQ(load({{"SMTP_BARE_LF", "Normalize"}}).smtp_bare_lf, BareLfPolicy::normalize);
+    for (std::string bad : {"accept", "normalise", " reject", "1"}) expect_rejected("SMTP_BARE_LF", bad);
+}
+
+TEST(ConfigTest, ParseBool) {
+    for (std::string yes : {"1", "true", "TRUE", "Yes", "on", "ON"}) EXPECT_EQ(parse_bool(yes), true) << yes;
+    for (std::string no : {"0", "false", "False", "NO", "off", "Off"}) EXPECT_EQ(parse_bool(no), false) << no;
+    for (std::string bad : {"", "2", "y", "n", "enabled", " true", "true "}) EXPECT_EQ(parse_bool(bad), std::nullopt) << bad;
+}
+
+TEST(ConfigTest, AcceptAllRecipientsFlag) {
+    EXPECT_FALSE(load({{"ACCEPT_ALL_RECIPIENTS", "off"}, {"ACCEPTED_DOMAINS", "example.com"}}).accept_all_recipients);
+    EXPECT_TRUE(load({{"ACCEPT_ALL_RECIPIENTS", "Yes"}}).accept_all_recipients);
+    for (std::string bad : {"maybe", "2", "y"}) expect_rejected("ACCEPT_ALL_RECIPIENTS", bad);
+}
+
+TEST(ConfigTest, AcceptedDomainsAreTrimmedLowerCasedAndCompacted) {
+    auto c = load({{"ACCEPTED_DOMAINS", " Example.COM,,mail.example.org , ,\tX.test\t"}});
+    EXPECT_EQ(c.accepted_domains, (std::vector<std::string>{"example.com", "mail.example.org", "x.test"}));
+}
+
+TEST(ConfigTest, RefusingEveryRecipientIsAnError) {
+    auto error = error_of({{"ACCEPT_ALL_RECIPIENTS", "false"}});
+    EXPECT_TRUE(starts_with(error, "ACCEPTED_DOMAINS: ")) << error;
+    error = error_of({{"ACCEPT_ALL_RECIPIENTS", "false"}, {"ACCEPTED_DOMAINS", " , ,"}});
+    EXPECT_TRUE(starts_with(error, "ACCEPTED_DOMAINS: ")) << error;
+}
+
+TEST(ConfigTest, SplitList) {
+    EXPECT_EQ(split_list(""), std::vector<std::string>{});
+    EXPECT_EQ(split_list(",, ,"), std::vector<std::string>{});
+    EXPECT_EQ(split_list("a"), std::vector<std::string>{"a"});
+    EXPECT_EQ(split_list(" a , b c ,\tc\t,"), (std::vector<std::string>{"a", "b c", "c"}));
+}
+
+TEST(ConfigTest, SpoolDirectoriesFollowSpoolDir) {
+    auto c = load({{"SPOOL_DIR", "/srv/spool"}});
+    EXPECT_EQ(c.spool_tmp_dir, "/srv/spool/tmp");
+    EXPECT_EQ(c.spool_pending_dir, "/srv/spool/pending");
+    EXPECT_EQ(c.spool_processing_dir, "/srv/spool/processing");
+    EXPECT_EQ(c.spool_dead_dir, "/srv/spool/dead");
+}
+
+TEST(ConfigTest, SpoolDirectoriesCanBeSetOneByOne) {
+    auto c = load({{"SPOOL_DIR", "/srv/spool"}, {"SPOOL_TMP_DIR", "/fast/tmp"}, {"SPOOL_PENDING_DIR", "/q/p"},
+                   {"SPOOL_PROCESSING_DIR", "/q/a"}, {"SPOOL_DEAD_DIR", "/q/d"}});
+    EXPECT_EQ(c.spool_dir, "/srv/spool");
+    EXPECT_EQ(c.spool_tmp_dir, "/fast/tmp");
+    EXPECT_EQ(c.spool_pending_dir, "/q/p");
+    EXPECT_EQ(c.spool_processing_dir, "/q/a");
+    EXPECT_EQ(c.spool_dead_dir, "/q/d");
+}
+
+TEST(ConfigTest, SigningKey) {
+    EXPECT_EQ(load({{"WEBHOOK_SIGNING_KEY", "key-123"}}).webhook_signing_key, "key-123");
+    EXPECT_EQ(load({{"WEBHOOK_SIGNING_KEY", ""}}).webhook_signing_key, "");
+}
+
+TEST(ConfigTest, LogLevel) {
+    for (std::string level : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
+        EXPECT_EQ(load({{"LOG_LEVEL", level}}).log_level, level);
+    }
+    EXPECT_EQ(load({{"LOG_LEVEL", "DEBUG"}}).log_level, "debug");
+    EXPECT_EQ(load({{"LOG_LEVEL", "warning"}}).log_level, "warn");
+    EXPECT_EQ(load({{"LOG_LEVEL", "Warning"}}).log_level, "warn");
+    for (std::string bad : {"verbose", "err", "fatal", " info", "5"}) expect_rejected("LOG_LEVEL", bad);
+}
+
+TEST(ConfigTest, ProcessEnvReadsTheEnvironment) {
+    ::setenv("MXHOOK_CONFIG_TEST_VAR", "hello", 1);
+    ::unsetenv("MXHOOK_CONFIG_TEST_UNSET");
+    auto env = process_env();
+    EXPECT_EQ(env("MXHOOK_CONFIG_TEST_VAR"), "hello");
+    EXPECT_EQ(env("MXHOOK_CONFIG_TEST_UNSET"), std::nullopt);
+    ::unsetenv("MXHOOK_CONFIG_TEST_VAR");
+}
+
+}  // namespace
+}  // namespace mxhook

@@ -1,0 +1,173 @@
+// Delivery outcomes: 2xx deletes, 406 dead-letters, anything else (or no webhook) retries
+// with the same id until it succeeds or the retry age runs out.
+
+#include "harness/fixture.hpp"
+
+#include <atomic>
+#include <regex>
+#include <set>
+#include <thread>
+
+namespace itest {
+namespace {
+
+using nlohmann::json;
+
+const std::regex kIsoTime(R"(^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$)");
+
+bool is_iso_string(const json& value) {
+    return value.is_string() && std::regex_match(value.get<std::string>(), kIsoTime);
+}
+
+class DeliveryTest : public IntegrationTest {};
+
+TEST_F(DeliveryTest, SuccessDeletesTheItem) {
+    ASSERT_TRUE(start_daemon());
+    const std::string id = send_one(simple_message());
+    ASSERT_FALSE(id.empty());
+    ASSERT_TRUE(request_for(id).has_value());
+    EXPECT_TRUE(spool_drains()) << "pending/ and processing/ must be empty after a 200";
+    EXPECT_TRUE(list_dir(dead_dir()).empty());
+}
+
+TEST_F(DeliveryTest, AnyTwoHundredIsSuccess) {
+    hook_.respond_with([](const WebhookRequest&) { return 204u; });
+    ASSERT_TRUE(start_daemon());
+    const std::string id = send_one(simple_message());
+    ASSERT_FALSE(id.empty());
+    ASSERT_TRUE(request_for(id).has_value());
+    EXPECT_TRUE(spool_drains());
+    EXPECT_FALSE(hook_.wait_for(2, std::chrono::milliseconds(600))) << "a 204 must not be retried";
+}
+
+TEST_F(DeliveryTest, NotAcceptableDeadLetters) {
+    hook_.respond_with([](const WebhookRequest&) { return 406u; });
+    ASSERT_TRUE(start_daemon());
+    const std::string id = send_one(simple_message("refused"));
+    ASSERT_FALSE(id.empty());
+    ASSERT_TRUE(request_for(id).has_value());
+    const auto item = dead_dir() / id;
+    ASSERT_TRUE(wait_until([&] { return std::filesystem::exists(item / "meta.json"); }, std::chrono::seconds(10)))
+        << "dead/" << id << " never appeared";
+    EXPECT_TRUE(std::filesystem::exists(item / "message.eml"));
+    EXPECT_TRUE(spool_drains());
+    // Six retry scans' worth of time: a dead item is never tried again.
+    EXPECT_FALSE(hook_.wait_for(2, std::chrono::milliseconds(600))) << "a 406 must not be retried";
+    const auto meta = read_meta(item);
+    ASSERT_TRUE(meta.has_value());
+    EXPECT_EQ((*meta)["id"], id);
+    EXPECT_EQ((*meta)["subject"], "refused");
+}
+
+TEST_F(DeliveryTest, ServerErrorIsRetriedWithTheSameId) {
+    hook_.queue_statuses({500, 500});
+    ASSERT_TRUE(start_daemon());
+    const std::string id = send_one(simple_message("retry me"));
+    ASSERT_FALSE(id.empty());
+    ASSERT_TRUE(hook_.wait_for(3, std::chrono::seconds(15))) << "got " << hook_.count() << " POSTs";
+    ASSERT_TRUE(spool_drains());
+    EXPECT_FALSE(hook_.wait_for(4, std::chrono::milliseconds(600))) << "delivered: no more POSTs";
+    const auto requests = hook_.requests();
+    ASSERT_EQ(requests.size(), 3u);
+    for (const auto& request : requests) {
+        EXPECT_EQ(request.id(), id);
+        EXPECT_EQ(request.field("subject"), "retry me");
+        EXPECT_EQ(request.field("signature"),
+                  hmac_sha256_hex(kSigningKey, request.field("timestamp") + request.field("token")));
+    }
+    EXPECT_EQ(requests[0].status, 500u);
+    EXPECT_EQ(requests[1].status, 500u);
+    EXPECT_EQ(requests[2].status, 200u);
+    EXPECT_EQ(requests[0].field("body-mime"), requests[2].field("body-mime"));
+    EXPECT_TRUE(list_dir(dead_dir()).empty());
+}
+
+TEST_F(DeliveryTest, FailedAttemptIsRecordedInMeta) {
+    hook_.respond_with([](const WebhookRequest&) { return 500u; });
+    // A long interval keeps the item in pending/ after its first failure.
+    ASSERT_TRUE(start_daemon({{"RETRY_INTERVAL_MS", "60000"}, {"RETRY_MAX_INTERVAL_MS", "60000"}}));
+    const std::string id = send_one(simple_message());
+    ASSERT_FALSE(id.empty());
+    std::optional<json> meta;
+    ASSERT_TRUE(wait_until(
+        [&] {
+            meta = read_meta(pending_dir() / id);
+            return meta && (*meta)["attempts"].is_number_integer() && (*meta)["attempts"].get<int>() >= 1;
+        },
+        std::chrono::seconds(10)))
+        << "pending/" << id << "/meta.json never recorded an attempt; last read: "
+        << (meta ? meta->dump(2) : std::string("(none)"));
+    EXPECT_TRUE((*meta)["lastError"].is_string() && !(*meta)["lastError"].get<std::string>().empty())
+        << meta->dump(2);
+    EXPECT_TRUE(is_iso_string((*meta)["lastAttemptAt"])) << meta->dump(2);
+    EXPECT_TRUE(is_iso_string((*meta)["nextAttemptAt"])) << meta->dump(2);
+    EXPECT_GT((*meta)["nextAttemptAt"].get<std::string>(), (*meta)["lastAttemptAt"].get<std::string>());
+    EXPECT_EQ(hook_.count(), 1u);
+}
+
+TEST_F(DeliveryTest, WebhookDownThenUp) {
+    hook_.stop();
+    ASSERT_TRUE(start_daemon());
+    const std::string id = send_one(simple_message("patience"));
+    ASSERT_FALSE(id.empty());
+    // At least one attempt failed while the webhook was down.
+    ASSERT_TRUE(wait_until(
+        [&] {
+            const auto meta = read_meta(pending_dir() / id);
+            return meta && (*meta)["attempts"].is_number_integer() && (*meta)["attempts"].get<int>() >= 1;
+        },
+        std::chrono::seconds(10)));
+    hook_.start();
+    const auto request = request_for(id, std::chrono::seconds(10));
+    ASSERT_TRUE(request.has_value());
+    EXPECT_EQ(request->field("subject"), "patience");
+    EXPECT_TRUE(spool_drains());
+}
+
+TEST_F(DeliveryTest, RetryAgeExhaustedDeadLetters) {
+    hook_.stop();
+    ASSERT_TRUE(start_daemon({{"MAX_RETRY_AGE_MS", "1"}}));
+    const std::string id = send_one(simple_message());
+    ASSERT_FALSE(id.empty());
+    EXPECT_TRUE(wait_until([&] { return std::filesystem::exists(dead_dir() / id / "meta.json"); },
+                           std::chrono::seconds(10)))
+        << id << " never reached dead/";
+    EXPECT_TRUE(std::filesystem::exists(dead_dir() / id / "message.eml"));
+    EXPECT_TRUE(spool_drains());
+}
+
+TEST_F(DeliveryTest, ManyMessagesConcurrently) {
+    // Several sessions at once, bounded webhook concurrency: everything arrives, once.
+    ASSERT_TRUE(start_daemon({{"WEBHOOK_CONCURRENCY", "4"}}));
+    constexpr int kSessions = 4, kPerSession = 10;
+    std::vector<std::string> ids(kSessions * kPerSession);
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int s = 0; s < kSessions; ++s) {
+        threads.emplace_back([&, s] {
+            SmtpClient client(daemon().smtp_port());
+            if (client.greeting().code != 220 || client.ehlo().code != 250) {
+                ++failures;
+                return;
+            }
+            for (int i = 0; i < kPerSession; ++i) {
+                const int n = s * kPerSession + i;
+                const Reply r = client.send_message("a@example.org", {"user@example.com"},
+                                                    simple_message("message " + std::to_string(n)));
+                ids[n] = queued_id(r);
+                if (ids[n].empty()) ++failures;
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    ASSERT_EQ(failures.load(), 0);
+    ASSERT_TRUE(hook_.wait_for(ids.size(), std::chrono::seconds(20))) << hook_.count() << " of " << ids.size();
+    ASSERT_TRUE(spool_drains());
+    std::set<std::string> received;
+    for (const auto& request : hook_.requests()) received.insert(request.id());
+    EXPECT_EQ(received, std::set<std::string>(ids.begin(), ids.end()));
+    EXPECT_EQ(hook_.count(), ids.size()) << "duplicates";
+}
+
+}  // namespace
+}  // namespace itest

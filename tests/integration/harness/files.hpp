@@ -1,0 +1,47 @@
+#pragma once
+// Small helpers the integration tests share: a per-test temporary directory, whole-file
+// reads and writes, directory listings, bounded polling, and a free TCP port.
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace itest {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// A fresh directory under $TMPDIR (or /tmp), removed with everything in it on destruction.
+class TempDir {
+public:
+    TempDir();
+    ~TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+
+    const fs::path& path() const { return path_; }
+
+private:
+    fs::path path_;
+};
+
+std::string read_file(const fs::path& path);        // throws std::runtime_error when unreadable
+void write_file(const fs::path& path, std::string_view bytes);  // creates parent directories
+
+// Names of the entries of `dir`, sorted; empty when the directory does not exist.
+std::vector<std::string> list_dir(const fs::path& dir);
+
+// Calls `done` every `step` until it returns true or `timeout` passes; returns its last answer.
+bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout,
+                std::chrono::milliseconds step = 20ms);
+
+// A port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, closed).
+unsigned short free_port();
+
+// Mode bits (permissions only) of a path, e.g. 0700.
+unsigned permissions_of(const fs::path& path);
+
+}  // namespace itest

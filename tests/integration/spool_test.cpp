@@ -1,0 +1,114 @@
+// The spool after "250": the item is durable in pending/<id>/ with message.eml and a
+// meta.json in haraka-webhook's format, in directories only the daemon's user can read.
+
+#include "harness/fixture.hpp"
+
+#include <regex>
+
+namespace itest {
+namespace {
+
+using nlohmann::json;
+
+// mxhook may write addresses bare or in angle brackets (haraka-webhook's own items use
+// both); compare them bare.
+std::string bare(std::string address) {
+    if (address.size() >= 2 && address.front() == '<' && address.back() == '>') {
+        address = address.substr(1, address.size() - 2);
+    }
+    return address;
+}
+
+class SpoolTest : public IntegrationTest {};
+
+TEST_F(SpoolTest, AcceptedMessageIsDurableInPending) {
+    hook_.stop();  // nothing leaves the spool
+    ASSERT_TRUE(start_daemon({{"RETRY_INTERVAL_MS", "60000"}, {"RETRY_MAX_INTERVAL_MS", "60000"}}));
+    const std::string message =
+        "From: Bob <bob@example.org>\r\n"
+        "Subject: stored\r\n"
+        "X-Folded: one\r\n two\r\n"
+        "\r\n"
+        "body\r\n";
+    auto client = connect();
+    ASSERT_EQ(client->ehlo("helo.client.test").code, 250);
+    const Reply r = client->send_message("bob@example.org", {"x@example.com", "y@example.com"}, message);
+    const std::string id = queued_id(r);
+    ASSERT_FALSE(id.empty()) << r;
+
+    // Right at the 250 the item exists: in pending/, or in processing/ if an attempt
+    // already started.
+    ASSERT_TRUE(wait_until(
+        [&] {
+            return std::filesystem::exists(pending_dir() / id / "message.eml") ||
+                   std::filesystem::exists(processing_dir() / id / "message.eml");
+        },
+        std::chrono::seconds(1)))
+        << "no pending/" << id << " or processing/" << id << " after 250";
+
+    std::optional<json> meta;
+    ASSERT_TRUE(wait_until([&] { return (meta = read_meta(pending_dir() / id)).has_value(); },
+                           std::chrono::seconds(10)));
+    const std::string eml = read_file(pending_dir() / id / "message.eml");
+    const auto split = split_received(eml);
+    ASSERT_TRUE(split.has_value()) << "message.eml starts with the trace header: " << eml.substr(0, 200);
+    EXPECT_TRUE(split->rest == message) << first_difference(message, split->rest);
+
+    const json& m = *meta;
+    EXPECT_EQ(m["id"], id);
+    EXPECT_TRUE(m["createdAt"].is_string() &&
+                std::regex_match(m["createdAt"].get<std::string>(),
+                                 std::regex(R"(^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$)")))
+        << m.dump(2);
+    EXPECT_TRUE(m["attempts"].is_number_integer()) << m.dump(2);
+    EXPECT_TRUE(m.contains("nextAttemptAt")) << m.dump(2);
+    ASSERT_TRUE(m["sender"].is_string()) << m.dump(2);
+    EXPECT_EQ(bare(m["sender"]), "bob@example.org");
+    ASSERT_TRUE(m["recipients"].is_array() && m["recipients"].size() == 2) << m.dump(2);
+    EXPECT_EQ(bare(m["recipients"][0]), "x@example.com");
+    EXPECT_EQ(bare(m["recipients"][1]), "y@example.com");
+    EXPECT_EQ(m["from"], "Bob <bob@example.org>");
+    EXPECT_EQ(m["subject"], "stored");
+    ASSERT_TRUE(m["headers"].is_array()) << m.dump(2);
+    bool folded = false;
+    for (const auto& h : m["headers"]) {
+        if (h.is_array() && h.size() == 2 && h[0] == "X-Folded") folded = h[1] == "one two";
+    }
+    EXPECT_TRUE(folded) << "X-Folded unfolded to \"one two\": " << m["headers"].dump();
+    ASSERT_TRUE(m["remote"].is_object()) << m.dump(2);
+    EXPECT_EQ(m["remote"]["ip"], "127.0.0.1");
+    EXPECT_TRUE(m["remote"]["host"].is_string()) << m.dump(2);
+    EXPECT_EQ(m["remote"]["helo"], "helo.client.test");
+}
+
+TEST_F(SpoolTest, DirectoriesArePrivate) {
+    hook_.stop();
+    ASSERT_TRUE(start_daemon({{"RETRY_INTERVAL_MS", "60000"}, {"RETRY_MAX_INTERVAL_MS", "60000"}}));
+    const std::string id = send_one(simple_message());
+    ASSERT_FALSE(id.empty());
+    ASSERT_TRUE(wait_until([&] { return read_meta(pending_dir() / id).has_value(); }, std::chrono::seconds(10)));
+    for (const auto& dir : {spool_dir(), tmp_spool_dir(), pending_dir(), processing_dir(), dead_dir(),
+                            pending_dir() / id}) {
+        EXPECT_EQ(permissions_of(dir), 0700u) << dir << " has mode 0" << std::oct << permissions_of(dir);
+    }
+}
+
+TEST_F(SpoolTest, SeparateSpoolDirectories) {
+    const auto root = tmp_.path() / "elsewhere";
+    ASSERT_TRUE(start_daemon({{"SPOOL_TMP_DIR", (root / "t").string()},
+                              {"SPOOL_PENDING_DIR", (root / "p").string()},
+                              {"SPOOL_PROCESSING_DIR", (root / "w").string()},
+                              {"SPOOL_DEAD_DIR", (root / "d").string()}}));
+    hook_.respond_with([](const WebhookRequest&) { return 406u; });
+    const std::string id = send_one(simple_message());
+    ASSERT_FALSE(id.empty());
+    EXPECT_TRUE(wait_until([&] { return std::filesystem::exists(root / "d" / id / "message.eml"); },
+                           std::chrono::seconds(10)))
+        << "dead item not in SPOOL_DEAD_DIR";
+    for (const char* sub : {"t", "p", "w"}) {
+        EXPECT_TRUE(std::filesystem::is_directory(root / sub)) << sub;
+    }
+}
+
+}  // namespace
+}  // namespace itest

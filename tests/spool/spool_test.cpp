@@ -1,0 +1,487 @@
+// The spool's directory state machine, on a real filesystem in a fresh temporary directory
+// per test. The tests run as root, so failures are provoked by putting things in the way
+// (a regular file where a directory belongs) or, for fsync, by the fault-injection hook.
+
+#include "mxhook/spool/spool.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <sys/stat.h>
+
+namespace mxhook::spool {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::string slurp(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream out;
+    out << in.rdbuf();
+    return out.str();
+}
+
+void write_text(const fs::path& path, std::string_view text) {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+}
+
+mode_t mode_of(const fs::path& path) {
+    struct stat st {};
+    EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+    return st.st_mode & 07777;
+}
+
+std::set<std::string> entries(const fs::path& dir) {
+    std::set<std::string> names;
+    for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
+    return names;
+}
+
+Meta meta_for(const std::string& id) {
+    Meta m;
+    m.id = id;
+    m.created_at = Clock::now();
+    m.sender = "alice@example.org";
+    m.recipients = {"bob@example.com"};
+    m.subject = "hello";
+    m.headers = {{"Subject", "hello"}};
+    m.remote = {"192.0.2.10", "", "mail.example.org"};
+    return m;
+}
+
+// The path fsync must fail for; read by a plain function because the hook is a function pointer.
+fs::path g_failing_fsync;
+int fail_selected_fsync(const fs::path& path) {
+    return path == g_failing_fsync ? EIO : 0;
+}
+
+class SpoolTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        std::string pattern = (fs::temp_directory_path() / "mxhook-spool-test-XXXXXX").string();
+        ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+        root_ = pattern;
+        spool_.emplace(Layout{root_ / "spool/tmp", root_ / "spool/pending", root_ / "spool/processing",
+                              root_ / "spool/dead"});
+        spool_->ensure_dirs();
+    }
+    void TearDown() override {
+        fault_injection::set_fsync_hook(nullptr);
+        fs::remove_all(root_);
+    }
+
+    Spool& spool() { return *spool_; }
+    const Layout& layout() { return spool_->layout(); }
+
+    // A message received and committed the way the SMTP session does it.
+    std::string receive(std::string_view body = "Subject: hello\r\n\r\nbody\r\n") {
+        const std::string id = new_id();
+        TmpItem item = spool().create(id);
+        spool().append(item, body);
+        spool().commit(item, meta_for(id));
+        return id;
+    }
+
+    fs::path root_;
+    std::optional<Spool> spool_;
+};
+
+// --- ids and set-up --------------------------------------------------------------------------
+
+TEST(NewId, IsUnixMillisecondsDashUuidV4) {
+    const auto before = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch()).count();
+    const std::string id = new_id();
+    static const std::regex shape(
+        "([0-9]+)-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}");
+    std::smatch match;
+    ASSERT_TRUE(std::regex_match(id, match, shape)) << id;
+    const long long ms = std::stoll(match[1].str());
+    EXPECT_GE(ms, before);
+    EXPECT_LT(ms, before + 60'000);
+}
+
+TEST(NewId, IsUniqueAcrossThreads) {
+    std::vector<std::vector<std::string>> per_thread(4);
+    std::vector<std::thread> threads;
+    for (auto& ids : per_thread) {
+        threads.emplace_back([&ids] {
+            for (int i = 0; i < 500; ++i) ids.push_back(new_id());
+        });
+    }
+    for (auto& t : threads) t.join();
+    std::set<std::string> all;
+    for (const auto& ids : per_thread) all.insert(ids.begin(), ids.end());
+    EXPECT_EQ(all.size(), 2000u);
+}
+
+TEST_F(SpoolTest, EnsureDirsCreatesPrivateDirectoriesAndIsIdempotent) {
+    for (const fs::path& dir : {layout().tmp, layout().pending, layout().processing, layout().dead}) {
+        EXPECT_TRUE(fs::is_directory(dir)) << dir;
+        EXPECT_EQ(mode_of(dir), 0700u) << dir;
+    }
+    EXPECT_EQ(mode_of(root_ / "spool"), 0700u);  // parents too
+    EXPECT_NO_THROW(spool().ensure_dirs());
+}
+
+TEST_F(SpoolTest, EnsureDirsNamesThePathThatFailed) {
+    write_text(root_ / "blocker", "not a directory");
+    Spool blocked(Layout{root_ / "blocker/tmp", root_ / "blocker/pending", root_ / "blocker/processing",
+                         root_ / "blocker/dead"});
+    try {
+        blocked.ensure_dirs();
+        FAIL() << "ensure_dirs succeeded";
+    } catch (const SpoolError& e) {
+        EXPECT_NE(std::string(e.what()).find((root_ / "blocker").string()), std::string::npos) << e.what();
+    }
+}
+
+// --- receiving ----------------------------------------------------------------------------
+
+TEST_F(SpoolTest, CommittedMessageIsInPendingWithBothFiles) {
+    const std::string id = new_id();
+    TmpItem item = spool().create(id);
+    ASSERT_TRUE(item.valid());
+    EXPECT_EQ(item.id(), id);
+    EXPECT_EQ(item.dir(), layout().tmp / id);
+    EXPECT_EQ(mode_of(layout().tmp / id), 0700u);
+
+    spool().append(item, "Subject: hi\r\n\r\n");
+    spool().append(item, "");
+    spool().append(item, std::string(200'000, 'x'));
+    const Meta meta = meta_for(id);
+    spool().commit(item, meta);
+    EXPECT_FALSE(item.valid());
+
+    const fs::path dir = layout().pending / id;
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_EQ(entries(layout().pending), std::set<std::string>{id});
+    EXPECT_EQ(entries(dir), (std::set<std::string>{"message.eml", "meta.json"}));
+    EXPECT_EQ(slurp(dir / "message.eml"), "Subject: hi\r\n\r\n" + std::string(200'000, 'x'));
+    EXPECT_EQ(slurp(dir / "meta.json"), to_json(meta));
+    EXPECT_EQ(mode_of(dir), 0700u);
+    EXPECT_EQ(mode_of(dir / "message.eml"), 0600u);
+    EXPECT_EQ(mode_of(dir / "meta.json"), 0600u);
+}
+
+TEST_F(SpoolTest, CreateRejectsIdsThatAreNotPlainNames) {
+    for (const std::string bad : {"", ".", "..", "../escape", "a/b", ".hidden"}) {
+        EXPECT_THROW(spool().create(bad), SpoolError) << bad;
+    }
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_FALSE(fs::exists(root_ / "spool/escape"));
+}
+
+TEST_F(SpoolTest, CreateOfAnExistingIdFails) {
+    TmpItem first = spool().create("dup");
+    EXPECT_THROW(spool().create("dup"), SpoolError);
+    spool().discard(first);
+}
+
+TEST_F(SpoolTest, DiscardRemovesTheTmpItem) {
+    TmpItem item = spool().create(new_id());
+    spool().append(item, "partial");
+    spool().discard(item);
+    EXPECT_FALSE(item.valid());
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    spool().discard(item);  // twice is harmless
+
+    TmpItem empty;
+    spool().discard(empty);  // a default item names nothing
+    EXPECT_TRUE(fs::is_directory(layout().tmp));
+}
+
+TEST_F(SpoolTest, AppendAndCommitOnAClosedItemThrow) {
+    TmpItem item;
+    EXPECT_THROW(spool().append(item, "x"), SpoolError);
+    EXPECT_THROW(spool().commit(item, meta_for("x")), SpoolError);
+}
+
+TEST_F(SpoolTest, CommitRefusesMetaForAnotherId) {
+    TmpItem item = spool().create("one");
+    EXPECT_THROW(spool().commit(item, meta_for("two")), SpoolError);
+    spool().discard(item);
+    EXPECT_TRUE(entries(layout().pending).empty());
+}
+
+TEST_F(SpoolTest, TmpItemMovesOwnership) {
+    TmpItem a = spool().create("moved");
+    TmpItem b = std::move(a);
+    EXPECT_FALSE(a.valid());  // NOLINT(bugprone-use-after-move): checking the moved-from state
+    ASSERT_TRUE(b.valid());
+    TmpItem c;
+    c = std::move(b);
+    spool().append(c, "x");
+    spool().commit(c, meta_for("moved"));
+    EXPECT_EQ(slurp(layout().pending / "moved/message.eml"), "x");
+}
+
+TEST_F(SpoolTest, FailedRenameThrowsAndDiscardLeavesNothing) {
+    // pending/ replaced by a regular file: the publishing rename fails.
+    fs::remove(layout().pending);
+    write_text(layout().pending, "in the way");
+
+    const std::string id = new_id();
+    TmpItem item = spool().create(id);
+    spool().append(item, "body");
+    EXPECT_THROW(spool().commit(item, meta_for(id)), SpoolError);
+    spool().discard(item);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_EQ(slurp(layout().pending), "in the way");
+}
+
+TEST_F(SpoolTest, FailedFsyncOfPendingPullsTheItemBack) {
+    // The rename succeeded but was not made durable: the client hears 451 and retries, so this
+    // copy must not stay visible to the dispatcher.
+    g_failing_fsync = layout().pending;
+    fault_injection::set_fsync_hook(&fail_selected_fsync);
+
+    const std::string id = new_id();
+    TmpItem item = spool().create(id);
+    spool().append(item, "body");
+    try {
+        spool().commit(item, meta_for(id));
+        FAIL() << "commit succeeded";
+    } catch (const SpoolError& e) {
+        EXPECT_EQ(e.code(), std::error_code(EIO, std::system_category()));
+        const std::string what = e.what();
+        EXPECT_NE(what.find("fsync " + layout().pending.string()), std::string::npos) << what;
+    }
+    EXPECT_TRUE(entries(layout().pending).empty());
+    spool().discard(item);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+}
+
+TEST_F(SpoolTest, FailedFsyncOfTheMessageFailsTheCommit) {
+    const std::string id = new_id();
+    g_failing_fsync = layout().tmp / id / "message.eml";
+    fault_injection::set_fsync_hook(&fail_selected_fsync);
+
+    TmpItem item = spool().create(id);
+    spool().append(item, "body");
+    EXPECT_THROW(spool().commit(item, meta_for(id)), SpoolError);
+    spool().discard(item);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_TRUE(entries(layout().pending).empty());
+}
+
+TEST_F(SpoolTest, ConcurrentCommitsAllLand) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+        threads.emplace_back([this] {
+            for (int i = 0; i < 10; ++i) receive();
+        });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(spool().list_pending().size(), 40u);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+}
+
+// --- recovery -------------------------------------------------------------------------------
+
+TEST_F(SpoolTest, RecoverRequeuesProcessingAndClearsTmp) {
+    const std::string a = receive("a");
+    const std::string b = receive("b");
+    ASSERT_TRUE(spool().claim(a));
+    ASSERT_TRUE(spool().claim(b));
+    TmpItem unfinished = spool().create(new_id());
+    spool().append(unfinished, "half a message");
+    write_text(layout().tmp / "stray-file", "x");
+
+    const RecoveryReport report = spool().recover();
+    EXPECT_EQ(report.requeued, 2u);
+    EXPECT_EQ(report.removed_tmp, 2u);
+    EXPECT_TRUE(entries(layout().processing).empty());
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_EQ(entries(layout().pending), (std::set<std::string>{a, b}));
+    EXPECT_EQ(slurp(layout().pending / a / "message.eml"), "a");
+}
+
+TEST_F(SpoolTest, RecoverKeepsBothCopiesWhenPendingAlreadyHasTheId) {
+    const std::string id = receive("pending copy");
+    fs::create_directory(layout().processing / id);
+    write_text(layout().processing / id / "message.eml", "processing copy");
+
+    const RecoveryReport report = spool().recover();
+    EXPECT_EQ(report.requeued, 0u);
+    EXPECT_EQ(slurp(layout().pending / id / "message.eml"), "pending copy");
+    EXPECT_EQ(slurp(layout().processing / id / "message.eml"), "processing copy");
+}
+
+// --- dispatching --------------------------------------------------------------------------
+
+TEST_F(SpoolTest, ListPendingReturnsOnlyItemDirectories) {
+    const std::string a = receive();
+    const std::string b = receive();
+    write_text(layout().pending / "a-file", "x");
+    fs::create_directory(layout().pending / ".hidden");
+    fs::create_directory_symlink(layout().pending / a, layout().pending / "link");
+
+    const auto ids = spool().list_pending();
+    EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()), (std::set<std::string>{a, b}));
+}
+
+TEST_F(SpoolTest, ClaimMovesToProcessing) {
+    const std::string id = receive("the message");
+    EXPECT_EQ(spool().read_pending_meta(id).id, id);
+    ASSERT_TRUE(spool().claim(id));
+    EXPECT_TRUE(entries(layout().pending).empty());
+    EXPECT_EQ(spool().processing_message(id), layout().processing / id / "message.eml");
+    EXPECT_EQ(slurp(spool().processing_message(id)), "the message");
+    EXPECT_EQ(spool().read_processing_meta(id).recipients, std::vector<std::string>{"bob@example.com"});
+}
+
+TEST_F(SpoolTest, ClaimOfAMissingIdReturnsFalse) {
+    EXPECT_FALSE(spool().claim("no-such-id"));
+    const std::string id = receive();
+    ASSERT_TRUE(spool().claim(id));
+    EXPECT_FALSE(spool().claim(id));  // someone else took it
+}
+
+TEST_F(SpoolTest, ClaimThrowsWhenProcessingIsMissingRatherThanLoseTheItem) {
+    const std::string id = receive();
+    fs::remove(layout().processing);
+    EXPECT_THROW(spool().claim(id), SpoolError);
+    EXPECT_EQ(spool().list_pending(), std::vector<std::string>{id});
+}
+
+TEST_F(SpoolTest, ReleaseRewritesMetaAndReturnsToPending) {
+    const std::string id = receive("keep me");
+    ASSERT_TRUE(spool().claim(id));
+    Meta meta = spool().read_processing_meta(id);
+    meta.attempts += 1;
+    meta.last_attempt_at = Clock::now();
+    meta.next_attempt_at = *meta.last_attempt_at + 5min;
+    meta.last_error = "retryable webhook failure";
+    spool().release(id, meta);
+
+    EXPECT_TRUE(entries(layout().processing).empty());
+    EXPECT_EQ(entries(layout().pending / id), (std::set<std::string>{"message.eml", "meta.json"}));
+    const Meta back = spool().read_pending_meta(id);
+    EXPECT_EQ(back.attempts, 1);
+    EXPECT_EQ(back.next_attempt_at, parse_iso8601(iso8601(*meta.next_attempt_at)));
+    EXPECT_EQ(back.last_error, "retryable webhook failure");
+    EXPECT_EQ(slurp(layout().pending / id / "message.eml"), "keep me");
+    EXPECT_EQ(mode_of(layout().pending / id / "meta.json"), 0600u);
+}
+
+TEST_F(SpoolTest, DeadLetterWritesErrorTxtAndMeta) {
+    const std::string id = receive();
+    ASSERT_TRUE(spool().claim(id));
+    Meta meta = spool().read_processing_meta(id);
+    meta.last_error = "webhook returned 406";
+    spool().dead_letter(id, &meta, "webhook returned 406");
+
+    const fs::path dir = layout().dead / id;
+    EXPECT_TRUE(entries(layout().processing).empty());
+    EXPECT_EQ(entries(dir), (std::set<std::string>{"error.txt", "message.eml", "meta.json"}));
+    EXPECT_EQ(slurp(dir / "error.txt"), "webhook returned 406\n");
+    EXPECT_EQ(parse_meta(slurp(dir / "meta.json")).last_error, "webhook returned 406");
+}
+
+TEST_F(SpoolTest, DeadLetterWithoutMetaOrReasonOnlyMoves) {
+    const std::string id = receive();
+    write_text(layout().pending / id / "meta.json", "{ broken");
+    ASSERT_TRUE(spool().claim(id));
+    spool().dead_letter(id, nullptr, "");
+    EXPECT_EQ(entries(layout().dead / id), (std::set<std::string>{"message.eml", "meta.json"}));
+    EXPECT_EQ(slurp(layout().dead / id / "meta.json"), "{ broken");
+}
+
+TEST_F(SpoolTest, DeadLetterNeverOverwritesAnEarlierDeadItem) {
+    fs::create_directories(layout().dead / "same");
+    write_text(layout().dead / "same/error.txt", "first\n");
+    fs::create_directories(layout().dead / "same.1");
+    write_text(layout().dead / "same.1/error.txt", "second\n");
+
+    TmpItem item = spool().create("same");
+    spool().commit(item, meta_for("same"));
+    ASSERT_TRUE(spool().claim("same"));
+    spool().dead_letter("same", nullptr, "third");
+
+    EXPECT_EQ(slurp(layout().dead / "same/error.txt"), "first\n");
+    EXPECT_EQ(slurp(layout().dead / "same.1/error.txt"), "second\n");
+    EXPECT_EQ(slurp(layout().dead / "same.2/error.txt"), "third\n");
+}
+
+TEST_F(SpoolTest, RemoveDeletesTheDeliveredItem) {
+    const std::string id = receive();
+    ASSERT_TRUE(spool().claim(id));
+    spool().remove(id);
+    EXPECT_TRUE(entries(layout().processing).empty());
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_TRUE(entries(layout().pending).empty());
+    EXPECT_NO_THROW(spool().remove(id));  // already gone
+}
+
+TEST_F(SpoolTest, AdoptsAnItemWrittenByHarakaWebhook) {
+    const std::string id = "1732554194123-5D6F1A2B-3C4D-4E5F-8A9B-0C1D2E3F4A5B";
+    const fs::path dir = layout().pending / id;
+    fs::create_directory(dir);  // haraka-webhook's directories are 0755: fine
+    write_text(dir / "message.eml", "From: alice@example.org\r\nSubject: hi\r\n\r\nhello\r\n");
+    const std::string meta_text = R"({
+  "id": "1732554194123-5D6F1A2B-3C4D-4E5F-8A9B-0C1D2E3F4A5B",
+  "createdAt": "2024-11-25T17:03:14.123Z",
+  "attempts": 1,
+  "nextAttemptAt": "2024-11-25T17:04:14.123Z",
+  "sender": "<alice@example.org>",
+  "recipients": [
+    "bob@example.com"
+  ],
+  "from": "alice@example.org",
+  "subject": "hi",
+  "headers": [
+    [
+      "From",
+      "alice@example.org"
+    ],
+    [
+      "Subject",
+      "hi"
+    ]
+  ],
+  "remote": {
+    "ip": "192.0.2.10",
+    "host": "",
+    "helo": "mail.example.org"
+  },
+  "lastAttemptAt": "2024-11-25T17:03:44.000Z",
+  "lastError": "retryable webhook failure"
+}
+)";
+    write_text(dir / "meta.json", meta_text);
+
+    EXPECT_EQ(spool().list_pending(), std::vector<std::string>{id});
+    const Meta meta = spool().read_pending_meta(id);
+    EXPECT_EQ(meta.attempts, 1);
+    EXPECT_EQ(bare_address(meta.sender), "alice@example.org");
+    ASSERT_TRUE(spool().claim(id));
+    EXPECT_EQ(slurp(spool().processing_message(id)),
+              "From: alice@example.org\r\nSubject: hi\r\n\r\nhello\r\n");
+    // Released unchanged, it is written back byte for byte.
+    spool().release(id, spool().read_processing_meta(id));
+    EXPECT_EQ(slurp(dir / "meta.json"), meta_text);
+}
+
+TEST_F(SpoolTest, ReadingABrokenMetaThrowsRuntimeError) {
+    const std::string id = receive();
+    write_text(layout().pending / id / "meta.json", R"({"id": "x", "createdAt": "2024-11-25T17:03:14Z"})");
+    try {
+        spool().read_pending_meta(id);
+        FAIL() << "parsed";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("recipients"), std::string::npos) << e.what();
+    }
+    fs::remove(layout().pending / id / "meta.json");
+    EXPECT_THROW(spool().read_pending_meta(id), SpoolError);
+}
+
+}  // namespace
+}  // namespace mxhook::spool
