@@ -27,6 +27,8 @@ constexpr std::size_t kMaxCommandLine = 512;
 constexpr std::size_t kFlushBytes = 256 * 1024;
 // How long a client may take to read our last reply before we drop it.
 constexpr auto kFinalReplyTimeout = std::chrono::seconds(10);
+// The reverse-DNS name is a courtesy for the trace header and meta.json: never wait long.
+constexpr auto kReverseLookupBound = std::chrono::seconds(3);
 
 std::string client_address(const asio::ip::tcp::socket& socket) {
     boost::system::error_code ec;
@@ -36,6 +38,10 @@ std::string client_address(const asio::ip::tcp::socket& socket) {
         address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
     }
     return address.to_string();
+}
+
+std::string endpoint_address_text(const asio::ip::tcp::endpoint& endpoint) {
+    return endpoint.address().to_string();
 }
 
 std::string joined(const std::vector<std::string>& items) {
@@ -68,9 +74,35 @@ void Session::shutdown() {
     }
 }
 
+// Looks up the client's reverse-DNS name in the background (Asio runs getnameinfo off
+// the io thread). The session never waits for it: whatever is known at DATA time is used.
+void Session::lookup_client_host() {
+    boost::system::error_code ec;
+    const auto endpoint = socket_.remote_endpoint(ec);
+    if (ec) return;
+    auto resolver = std::make_shared<asio::ip::tcp::resolver>(socket_.get_executor());
+    auto bound = std::make_shared<asio::steady_timer>(socket_.get_executor(), kReverseLookupBound);
+    bound->async_wait([resolver](const boost::system::error_code& timer_ec) {
+        if (!timer_ec) resolver->cancel();
+    });
+    std::weak_ptr<Session> weak = weak_from_this();
+    resolver->async_resolve(endpoint, [weak, resolver, bound](const boost::system::error_code& resolve_ec,
+                                                              const asio::ip::tcp::resolver::results_type& results) {
+        bound->cancel();
+        auto self = weak.lock();
+        if (!self || resolve_ec || results.empty()) return;
+        const std::string name = results.begin()->host_name();
+        // getnameinfo answers with the numeric address when there is no name.
+        if (name != self->client_ip_ && name != endpoint_address_text(results.begin()->endpoint())) {
+            self->client_host_ = name;
+        }
+    });
+}
+
 awaitable<void> Session::run() {
     auto self = shared_from_this();
     arm_deadline();
+    lookup_client_host();
     asio::co_spawn(socket_.get_executor(), [self] { return self->watchdog(); }, asio::detached);
     try {
         co_await serve();
@@ -220,6 +252,7 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
     mail::TraceInfo trace;
     trace.helo = protocol_.helo();
     trace.client_ip = client_ip_;
+    trace.client_host = client_host_;
     trace.by_host = context_.config.smtp_hostname;
     trace.protocol = protocol_.esmtp() ? "ESMTP" : "SMTP";
     trace.id = id;

@@ -14,6 +14,10 @@ struct BadConfig {
     const char* value;      // "" = unset it
 };
 
+void PrintTo(const BadConfig& bad, std::ostream* out) {
+    *out << bad.variable << "=" << (*bad.value ? bad.value : "(unset)");
+}
+
 class ConfigErrorTest : public IntegrationTest, public ::testing::WithParamInterface<BadConfig> {};
 
 TEST_P(ConfigErrorTest, ExitsNonZeroNamingTheVariable) {
@@ -45,7 +49,13 @@ INSTANTIATE_TEST_SUITE_P(
                       BadConfig{"NonNumericMaxRecipients", "SMTP_MAX_RECIPIENTS", "abc"},
                       BadConfig{"ZeroMaxRecipients", "SMTP_MAX_RECIPIENTS", "0"},
                       BadConfig{"NonBooleanAcceptAll", "ACCEPT_ALL_RECIPIENTS", "maybe"},
-                      BadConfig{"NonsenseListen", "SMTP_LISTEN", "nonsense"}),
+                      BadConfig{"NonsenseListen", "SMTP_LISTEN", "nonsense"},
+                      // Beyond the brief's list: every typed variable is checked.
+                      BadConfig{"UnknownBareLfMode", "SMTP_BARE_LF", "sometimes"},
+                      BadConfig{"NonNumericMessageSize", "SMTP_MAX_MESSAGE_BYTES", "lots"},
+                      BadConfig{"ZeroConcurrency", "WEBHOOK_CONCURRENCY", "0"},
+                      BadConfig{"NegativeTimeout", "WEBHOOK_TIMEOUT_MS", "-5"},
+                      BadConfig{"PortOutOfRange", "SMTP_LISTEN", "127.0.0.1:70000"}),
     [](const ::testing::TestParamInfo<BadConfig>& info) { return std::string(info.param.name); });
 
 }  // namespace

@@ -79,6 +79,9 @@ TEST_F(DeliveryTest, ServerErrorIsRetriedWithTheSameId) {
     EXPECT_EQ(requests[1].status, 500u);
     EXPECT_EQ(requests[2].status, 200u);
     EXPECT_EQ(requests[0].field("body-mime"), requests[2].field("body-mime"));
+    // Each attempt is signed afresh: a webhook that refuses a replayed token accepts a retry.
+    EXPECT_NE(requests[0].field("token"), requests[1].field("token"));
+    EXPECT_NE(requests[1].field("token"), requests[2].field("token"));
     EXPECT_TRUE(list_dir(dead_dir()).empty());
 }
 
@@ -167,6 +170,75 @@ TEST_F(DeliveryTest, ManyMessagesConcurrently) {
     for (const auto& request : hook_.requests()) received.insert(request.id());
     EXPECT_EQ(received, std::set<std::string>(ids.begin(), ids.end()));
     EXPECT_EQ(hook_.count(), ids.size()) << "duplicates";
+}
+
+TEST_F(DeliveryTest, ClientErrorsOtherThan406AreRetried) {
+    hook_.queue_statuses({404, 410, 302});
+    ASSERT_TRUE(start_daemon());
+    const std::string id = send_one(simple_message());
+    ASSERT_FALSE(id.empty());
+    ASSERT_TRUE(hook_.wait_for(4, std::chrono::seconds(15))) << "got " << hook_.count() << " POSTs";
+    ASSERT_TRUE(spool_drains());
+    for (const auto& request : hook_.requests()) EXPECT_EQ(request.id(), id);
+    EXPECT_TRUE(list_dir(dead_dir()).empty());
+}
+
+TEST_F(DeliveryTest, SlowWebhookTimesOutAndIsRetried) {
+    std::atomic<int> calls{0};
+    hook_.respond_with([&](const WebhookRequest&) {
+        if (calls++ == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+        return 200u;
+    });
+    ASSERT_TRUE(start_daemon({{"WEBHOOK_TIMEOUT_MS", "300"}}));
+    const std::string id = send_one(simple_message());
+    ASSERT_FALSE(id.empty());
+    // The second POST arrives while the first is still being answered: the daemon gave up
+    // on it after 300 ms.
+    EXPECT_TRUE(wait_until([&] { return calls.load() >= 2; }, std::chrono::milliseconds(1800)))
+        << "no retry before the slow answer came";
+    ASSERT_TRUE(spool_drains());
+    for (const auto& request : hook_.requests()) EXPECT_EQ(request.id(), id);
+}
+
+TEST_F(DeliveryTest, ConcurrencyIsBounded) {
+    std::atomic<int> in_flight{0}, peak{0};
+    hook_.respond_with([&](const WebhookRequest&) {
+        const int now = ++in_flight;
+        int seen = peak.load();
+        while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(150));
+        --in_flight;
+        return 200u;
+    });
+    ASSERT_TRUE(start_daemon({{"WEBHOOK_CONCURRENCY", "2"}}));
+    auto client = connect();
+    ASSERT_EQ(client->ehlo().code, 250);
+    std::vector<std::string> ids;
+    for (int i = 0; i < 8; ++i) {
+        ids.push_back(queued_id(client->send_message("a@example.org", {"user@example.com"}, simple_message())));
+        ASSERT_FALSE(ids.back().empty());
+    }
+    ASSERT_TRUE(hook_.wait_for(ids.size(), std::chrono::seconds(15)));
+    ASSERT_TRUE(spool_drains());
+    EXPECT_LE(peak.load(), 2) << "WEBHOOK_CONCURRENCY=2 exceeded";
+    EXPECT_EQ(peak.load(), 2) << "deliveries were not run in parallel";
+}
+
+TEST_F(DeliveryTest, SigtermLetsAnInFlightDeliveryFinish) {
+    std::atomic<bool> arrived{false};
+    hook_.respond_with([&](const WebhookRequest&) {
+        arrived = true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(700));
+        return 200u;
+    });
+    ASSERT_TRUE(start_daemon({{"SHUTDOWN_GRACE_MS", "5000"}}));
+    const std::string id = send_one(simple_message());
+    ASSERT_FALSE(id.empty());
+    ASSERT_TRUE(wait_until([&] { return arrived.load(); }, std::chrono::seconds(10)));
+    ASSERT_NO_FATAL_FAILURE(stop_daemon());
+    EXPECT_TRUE(list_dir(processing_dir()).empty()) << "nothing may be left in processing/";
+    EXPECT_TRUE(list_dir(pending_dir()).empty()) << "the answered delivery was done: its item is deleted";
 }
 
 }  // namespace

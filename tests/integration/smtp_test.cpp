@@ -249,5 +249,49 @@ TEST_F(SmtpTest, OversizedMessageIsRefusedAndTheSessionGoesOn) {
     EXPECT_TRUE(list_dir(dead_dir()).empty());
 }
 
+TEST_F(SmtpTest, CommandsAreCaseInsensitive) {
+    ASSERT_TRUE(start_daemon());
+    auto client = connect();
+    EXPECT_EQ(client->cmd("ehlo client.test").code, 250);
+    EXPECT_EQ(client->cmd("mail from:<a@example.org>").code, 250);
+    EXPECT_EQ(client->cmd("Rcpt To:<user@example.com>").code, 250);
+    EXPECT_EQ(client->cmd("noop").code, 250);
+}
+
+TEST_F(SmtpTest, NestedMailIsRefused) {
+    ASSERT_TRUE(start_daemon());
+    auto client = session();
+    ASSERT_EQ(client->cmd("MAIL FROM:<a@example.org>").code, 250);
+    const Reply r = client->cmd("MAIL FROM:<b@example.org>");
+    EXPECT_EQ(r.code, 503) << "a second MAIL inside a transaction: " << r;
+    EXPECT_EQ(client->cmd("RCPT TO:<user@example.com>").code, 250);
+}
+
+TEST_F(SmtpTest, QuitPipelinedAfterTheData) {
+    ASSERT_TRUE(start_daemon());
+    auto client = session();
+    ASSERT_TRUE(client->send_raw("MAIL FROM:<a@example.org>\r\nRCPT TO:<user@example.com>\r\nDATA\r\n"));
+    EXPECT_EQ(client->read_reply().code, 250);
+    EXPECT_EQ(client->read_reply().code, 250);
+    ASSERT_EQ(client->read_reply().code, 354);
+    ASSERT_TRUE(client->send_raw(encode_data(simple_message("then quit")) + "QUIT\r\n"));
+    const Reply queued = client->read_reply();
+    const std::string id = queued_id(queued);
+    EXPECT_FALSE(id.empty()) << queued;
+    const Reply bye = client->read_reply();
+    EXPECT_EQ(bye.code, 221) << bye;
+    EXPECT_TRUE(client->wait_closed());
+    EXPECT_TRUE(request_for(id).has_value());
+}
+
+TEST_F(SmtpTest, IdleSessionTimesOut) {
+    ASSERT_TRUE(start_daemon({{"SMTP_TIMEOUT_MS", "300"}}));
+    auto client = session();
+    // The client waits up to 10 s; the server must give up on it long before.
+    const auto started = std::chrono::steady_clock::now();
+    EXPECT_TRUE(client->wait_closed()) << "idle session still open after 10 s";
+    EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
+}
+
 }  // namespace
 }  // namespace itest

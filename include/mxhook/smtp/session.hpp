@@ -51,6 +51,7 @@ private:
     boost::asio::awaitable<void> discard(spool::TmpItem& item);
     boost::asio::awaitable<void> close_with(std::string_view reply);
     void arm_deadline();
+    void lookup_client_host();
     std::size_t available() const { return rlen_ - rpos_; }
 
     boost::asio::ip::tcp::socket socket_;
@@ -59,6 +60,7 @@ private:
     boost::asio::steady_timer watchdog_timer_;
     std::chrono::steady_clock::time_point deadline_;
     std::string client_ip_;
+    std::string client_host_;              // reverse-DNS name once known, else ""
     std::string out_;                      // replies not yet written
     std::array<char, 65536> rbuf_{};       // bytes read, [rpos_, rlen_) not yet consumed
     std::size_t rpos_ = 0;

@@ -205,7 +205,9 @@ void TestWebhook::serve(int fd) {
 
         http::response<http::string_body> response{static_cast<http::status>(request.status), 11};
         response.set(http::field::content_type, "text/plain");
-        response.body() = "status " + std::to_string(request.status) + "\n";
+        // 1xx, 204 and 304 carry no body (Beast refuses to frame one).
+        const bool bodyless = request.status < 200 || request.status == 204 || request.status == 304;
+        if (!bodyless) response.body() = "status " + std::to_string(request.status) + "\n";
         response.keep_alive(keep_alive);
         response.prepare_payload();
         http::write(socket, response, ec);
