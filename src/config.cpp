@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdlib>
+#include <initializer_list>
 #include <limits>
+#include <utility>
 #include <memory>
 
 namespace mxhook {
@@ -194,13 +196,20 @@ std::string parse_hostname(const Reader& reader) {
     return host;
 }
 
-BareLfPolicy parse_bare_lf(const Reader& reader) {
-    auto text = reader.get("SMTP_BARE_LF");
-    if (!text) return BareLfPolicy::normalize;
-    auto word = lower(*text);
-    if (word == "normalize") return BareLfPolicy::normalize;
-    if (word == "reject") return BareLfPolicy::reject;
-    fail("SMTP_BARE_LF", "must be normalize or reject", *text);
+// A setting that is one of a few words (any case); the first choice is the default.
+template <typename Enum>
+Enum parse_choice(const Reader& reader, std::string_view name,
+                  std::initializer_list<std::pair<std::string_view, Enum>> choices) {
+    auto text = reader.get(name);
+    if (!text) return choices.begin()->second;
+    const auto word = lower(*text);
+    std::string expected;
+    for (const auto& [choice, value] : choices) {
+        if (word == choice) return value;
+        if (!expected.empty()) expected += (&choice == &(choices.end() - 1)->first) ? " or " : ", ";
+        expected += choice;
+    }
+    fail(name, "must be " + expected, *text);
 }
 
 bool parse_flag(const Reader& reader, std::string_view name, bool fallback) {
@@ -220,10 +229,13 @@ struct CurlFree {
 using CurlString = std::unique_ptr<char, CurlFree>;
 
 // The URL is not echoed back: it may carry credentials (https://user:secret@host/).
-std::string parse_webhook_url(const Reader& reader) {
-    constexpr std::string_view name = "WEBHOOK_URL";
+// Unset and not required: "".
+std::string parse_http_url(const Reader& reader, std::string_view name, bool required) {
     auto text = reader.get(name);
-    if (!text) fail(name, "is required");
+    if (!text) {
+        if (required) fail(name, "is required");
+        return {};
+    }
     std::unique_ptr<CURLU, CurlUrlDeleter> url(curl_url());
     if (!url) fail(name, "could not be checked (out of memory)");
     if (auto rc = curl_url_set(url.get(), CURLUPART_URL, text->c_str(), CURLU_NON_SUPPORT_SCHEME); rc != CURLUE_OK)
@@ -264,6 +276,13 @@ EnvLookup process_env() {
     };
 }
 
+std::vector<std::string> default_role_addresses() {
+    return {"abuse",    "admin",   "administrator", "billing",     "contact",   "daemon",  "help",
+            "hostmaster", "info",  "legal",         "mail",        "mailerdaemon", "marketing", "noc",
+            "noreply",  "nostr",   "postmaster",    "privacy",     "root",      "sales",   "security",
+            "spam",     "support", "sysadmin",      "usenet",      "uucp",      "webmaster", "www"};
+}
+
 std::optional<bool> parse_bool(std::string_view text) {
     auto word = lower(text);
     if (word == "1" || word == "true" || word == "yes" || word == "on") return true;
@@ -291,7 +310,8 @@ Config load_config(const EnvLookup& env) {
     c.smtp_hostname = parse_hostname(reader);
     c.smtp_max_message_bytes = reader.count("SMTP_MAX_MESSAGE_BYTES", c.smtp_max_message_bytes);
     c.smtp_max_recipients = reader.count("SMTP_MAX_RECIPIENTS", c.smtp_max_recipients);
-    c.smtp_bare_lf = parse_bare_lf(reader);
+    c.smtp_bare_lf = parse_choice<BareLfPolicy>(
+        reader, "SMTP_BARE_LF", {{"normalize", BareLfPolicy::normalize}, {"reject", BareLfPolicy::reject}});
     c.smtp_timeout = reader.millis("SMTP_TIMEOUT_MS", c.smtp_timeout);
     c.shutdown_grace = reader.millis("SHUTDOWN_GRACE_MS", c.shutdown_grace);
 
@@ -309,10 +329,27 @@ Config load_config(const EnvLookup& env) {
     c.spool_processing_dir = reader.path("SPOOL_PROCESSING_DIR", c.spool_dir / "processing");
     c.spool_dead_dir = reader.path("SPOOL_DEAD_DIR", c.spool_dir / "dead");
 
-    c.webhook_url = parse_webhook_url(reader);
+    c.webhook_url = parse_http_url(reader, "WEBHOOK_URL", /*required=*/true);
     c.webhook_signing_key = reader.get("WEBHOOK_SIGNING_KEY").value_or("");
     c.webhook_concurrency = reader.count("WEBHOOK_CONCURRENCY", c.webhook_concurrency);
     c.webhook_timeout = reader.millis("WEBHOOK_TIMEOUT_MS", c.webhook_timeout);
+    c.webhook_recipient_mode = parse_choice<RecipientMode>(
+        reader, "WEBHOOK_RECIPIENT_MODE", {{"joined", RecipientMode::joined}, {"each", RecipientMode::each}});
+
+    c.webhook_role_url = parse_http_url(reader, "WEBHOOK_ROLE_URL", /*required=*/false);
+    if (auto roles = reader.get("ROLE_ADDRESSES")) {
+        // Replaces the default list rather than extending it, as haraka-webhook does.
+        c.role_addresses.clear();
+        for (auto& role : split_list(*roles)) c.role_addresses.push_back(lower(role));
+        if (c.role_addresses.empty()) fail("ROLE_ADDRESSES", "must list at least one local part", *roles);
+    }
+
+    c.decision_url = parse_http_url(reader, "WEBHOOK_DECISION_URL", /*required=*/false);
+    c.decision_token = reader.get("WEBHOOK_DECISION_TOKEN").value_or("");
+    c.decision_mode = parse_choice<DecisionMode>(reader, "WEBHOOK_DECISION_PAYLOAD_MODE",
+                                                 {{"minimal", DecisionMode::minimal},
+                                                  {"summary", DecisionMode::summary},
+                                                  {"full", DecisionMode::full}});
 
     c.retry_scan_interval = reader.millis("RETRY_SCAN_INTERVAL_MS", c.retry_scan_interval);
     c.retry_interval = reader.millis("RETRY_INTERVAL_MS", c.retry_interval);

@@ -1,6 +1,7 @@
 // mxhook: wiring only. Read the configuration, build the pieces, run the loop.
 
 #include "mxhook/config.hpp"
+#include "mxhook/decision/client.hpp"
 #include "mxhook/http/client.hpp"
 #include "mxhook/smtp/server.hpp"
 #include "mxhook/spool/spool.hpp"
@@ -45,6 +46,7 @@ int run(const Config& config) {
     boost::asio::thread_pool pool(kWorkerThreads);
     http::Client client(io);
     webhook::Dispatcher dispatcher(io, pool, spool, client, config);
+    decision::Client decision(client, config);
 
     smtp::ProtocolSettings protocol;
     protocol.hostname = config.smtp_hostname;
@@ -53,7 +55,7 @@ int run(const Config& config) {
     protocol.accept_all_recipients = config.accept_all_recipients;
     protocol.accepted_domains = config.accepted_domains;
     smtp::SessionContext context{config, protocol, spool, pool,
-                                 [&dispatcher](const std::string& id) { dispatcher.notify(id); }};
+                                 [&dispatcher](const std::string& id) { dispatcher.notify(id); }, &decision};
     smtp::Server server(io, context);
     server.listen(config.smtp_listen);
     server.start();
@@ -84,7 +86,16 @@ int run(const Config& config) {
         dispatcher.stop(part_done);
     });
 
-    io.run();
+    // A handler that throws must not skip the joins below: pool jobs still refer to the
+    // dispatcher, the sessions and the client.
+    for (;;) {
+        try {
+            io.run();
+            break;
+        } catch (const std::exception& e) {
+            spdlog::critical("event loop: {}", e.what());
+        }
+    }
     client.shutdown();
     pool.join();
     spdlog::info("mxhook stopped");

@@ -28,6 +28,15 @@ struct ListenAddress {
 
 enum class BareLfPolicy { normalize, reject };
 
+// How much of the message the decision API sees (WEBHOOK_DECISION_PAYLOAD_MODE).
+enum class DecisionMode { minimal, summary, full };
+
+// One webhook POST per message (recipients comma-joined) or one per recipient.
+enum class RecipientMode { joined, each };
+
+// The role list used when ROLE_ADDRESSES is unset.
+std::vector<std::string> default_role_addresses();
+
 struct Config {
     // SMTP
     std::vector<ListenAddress> smtp_listen;                 // SMTP_LISTEN, default 0.0.0.0:25
@@ -52,6 +61,16 @@ struct Config {
     std::string webhook_signing_key;                        // WEBHOOK_SIGNING_KEY (empty: unsigned)
     std::size_t webhook_concurrency = 16;                   // WEBHOOK_CONCURRENCY
     std::chrono::milliseconds webhook_timeout{10000};        // WEBHOOK_TIMEOUT_MS
+    RecipientMode webhook_recipient_mode = RecipientMode::joined;  // WEBHOOK_RECIPIENT_MODE
+
+    // Role-address routing
+    std::string webhook_role_url;                           // WEBHOOK_ROLE_URL (empty: off)
+    std::vector<std::string> role_addresses = default_role_addresses();  // ROLE_ADDRESSES, lower-cased
+
+    // Decision API
+    std::string decision_url;                               // WEBHOOK_DECISION_URL (empty: off)
+    std::string decision_token;                             // WEBHOOK_DECISION_TOKEN
+    DecisionMode decision_mode = DecisionMode::minimal;     // WEBHOOK_DECISION_PAYLOAD_MODE
 
     // Retries
     std::chrono::milliseconds retry_scan_interval{5000};     // RETRY_SCAN_INTERVAL_MS

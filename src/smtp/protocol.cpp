@@ -231,15 +231,19 @@ Step Protocol::on_data(std::string_view arg) {
     return {line("354 End data with <CR><LF>.<CR><LF>"), Action::start_data};
 }
 
-Step Protocol::on_data_end(DataOutcome outcome, std::string_view id) {
+Step Protocol::on_data_end(DataOutcome outcome, std::string_view text) {
     reset_transaction();
     switch (outcome) {
-        case DataOutcome::queued: return {line("250 2.0.0 Queued as " + std::string(id))};
+        case DataOutcome::queued:
+        case DataOutcome::discarded: return {line("250 2.0.0 Queued as " + std::string(text))};
         case DataOutcome::too_big:
             return {line("552 5.3.4 Message size exceeds fixed maximum message size")};
         case DataOutcome::bare_lf:
             return {line("550 5.5.2 Message contains bare <LF> line ends, which this server refuses")};
         case DataOutcome::loop: return {line("554 5.4.6 Too many hops: mail loop detected")};
+        case DataOutcome::denied: return {line("550 5.7.1 " + std::string(text))};
+        case DataOutcome::decision_unavailable:
+            return {line("451 4.7.1 Message cannot be accepted right now, try again later")};
         case DataOutcome::local_error: break;
     }
     return {line("451 4.3.0 Local error in processing, try again later")};

@@ -23,6 +23,8 @@ namespace {
 
 // RFC 5321 4.5.3.1.4: a command line is at most 512 octets, CRLF included.
 constexpr std::size_t kMaxCommandLine = 512;
+// Replies are written once this much has piled up, even mid-pipeline.
+constexpr std::size_t kMaxPendingReplies = 16 * 1024;
 // Decoded DATA is written to the spool in pieces of about this size.
 constexpr std::size_t kFlushBytes = 256 * 1024;
 // How long a client may take to read our last reply before we drop it.
@@ -104,10 +106,16 @@ awaitable<void> Session::run() {
     arm_deadline();
     lookup_client_host();
     asio::co_spawn(socket_.get_executor(), [self] { return self->watchdog(); }, asio::detached);
+    bool aborted = false;
     try {
         co_await serve();
     } catch (const std::exception& e) {
         spdlog::debug("smtp {}: connection ended: {}", client_ip_, e.what());
+        aborted = true;
+    }
+    // A write cancelled by shutdown or the watchdog still owes the client its 421.
+    if (aborted && (shutting_down_ || timed_out_)) {
+        co_await close_with(timed_out_ ? Protocol::timeout_reply() : Protocol::shutdown_reply());
     }
     closed_ = true;
     watchdog_timer_.cancel();
@@ -160,7 +168,6 @@ awaitable<void> Session::flush() {
 
 awaitable<void> Session::close_with(std::string_view reply) {
     out_ += reply;
-    boost::system::error_code ec;
     try {
         co_await flush();
     } catch (const std::exception&) {
@@ -185,11 +192,13 @@ awaitable<void> Session::serve() {
         }
         if (newline == nullptr || static_cast<std::size_t>(newline - begin) + 1 > kMaxCommandLine) {
             // Too long: drop everything up to the next LF, then say so, staying in sync.
-            while (newline == nullptr) {
+            bool connected = true;
+            while (newline == nullptr && connected) {
                 rpos_ = rlen_ = 0;
-                if (!co_await read_more()) co_return;
+                connected = co_await read_more();
                 newline = static_cast<const char*>(std::memchr(rbuf_.data(), '\n', available()));
             }
+            if (!connected) break;
             rpos_ = static_cast<std::size_t>(newline - rbuf_.data()) + 1;
             step = protocol_.on_line_too_long();
         } else {
@@ -209,6 +218,9 @@ awaitable<void> Session::serve() {
             co_await flush();
             co_return;
         }
+        // A client pipelining thousands of commands without reading must not make us
+        // hold all the answers: write them out as they pile up.
+        if (out_.size() >= kMaxPendingReplies) co_await flush();
     }
     if (timed_out_) co_await close_with(Protocol::timeout_reply());
     else if (shutting_down_) co_await close_with(Protocol::shutdown_reply());
@@ -230,13 +242,15 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
     auto& spool = context_.spool;
     auto& pool = context_.pool;
 
-    auto finish = [&](DataOutcome outcome, std::size_t size) {
+    // One log line per transaction, and the reply; `ids` are the queued spool items.
+    auto finish = [&](DataOutcome outcome, std::size_t size, const std::string& detail = {}) {
         const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
-        static constexpr const char* names[] = {"queued", "too-big", "bare-lf", "local-error", "mail-loop"};
-        spdlog::info("smtp client={} helo={} sender=<{}> recipients={} size={} id={} outcome={} ms={}", client_ip_,
+        static constexpr const char* names[] = {"queued",    "too-big", "bare-lf",   "local-error",
+                                                "mail-loop", "denied",  "discarded", "decision-unavailable"};
+        spdlog::info("smtp client={} helo={} sender=<{}> recipients={} size={} id={} outcome={}{}{} ms={}", client_ip_,
                      protocol_.helo(), envelope.sender, joined(envelope.recipients), size, id,
-                     names[static_cast<int>(outcome)], ms.count());
-        return std::optional<Step>(protocol_.on_data_end(outcome, id));
+                     names[static_cast<int>(outcome)], detail.empty() ? "" : " detail=", detail, ms.count());
+        return std::optional<Step>(protocol_.on_data_end(outcome, outcome == DataOutcome::denied ? detail : id));
     };
 
     spool::TmpItem item;
@@ -247,7 +261,16 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
         co_return finish(DataOutcome::local_error, 0);
     }
     out_ += reply354;
-    co_await flush();
+    bool greeted = false;
+    try {
+        co_await flush();
+        greeted = true;
+    } catch (const std::exception&) {
+    }
+    if (!greeted) {  // the client went away before the 354: nothing may stay in tmp/
+        co_await discard(item);
+        co_return std::nullopt;
+    }
 
     mail::TraceInfo trace;
     trace.helo = protocol_.helo();
@@ -316,19 +339,78 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
     meta.subject = mail::header_value(headers, "Subject");
     meta.headers = std::move(headers);
     meta.remote = {client_ip_, trace.client_host, protocol_.helo()};
-    bool committed = false;
+
+    if (auto refused = co_await ask_decision(item, meta)) {
+        co_await discard(item);
+        co_return finish(refused->first, size, refused->second);
+    }
+
+    std::vector<std::string> ids;
     try {
-        co_await run_blocking(pool, [&spool, &item, &meta] { spool.commit(item, meta); });
-        committed = true;
+        ids = co_await commit(item, meta);
     } catch (const std::exception& e) {
         spdlog::error("spool: commit of {} failed: {}", id, e.what());
     }
-    if (!committed) {
+    if (ids.empty()) {
         co_await discard(item);
         co_return finish(DataOutcome::local_error, size);
     }
-    if (context_.on_queued) context_.on_queued(id);
-    co_return finish(DataOutcome::queued, size);
+    if (context_.on_queued) {
+        for (const auto& queued : ids) context_.on_queued(queued);
+    }
+    co_return finish(DataOutcome::queued, size, ids.size() > 1 ? "items=" + joined(ids) : std::string());
+}
+
+awaitable<std::optional<std::pair<DataOutcome, std::string>>> Session::ask_decision(const spool::TmpItem& item,
+                                                                                   const spool::Meta& meta) {
+    using Result = std::optional<std::pair<DataOutcome, std::string>>;
+    auto* client = context_.decision;
+    if (client == nullptr || !client->enabled()) co_return Result{};
+
+    std::string raw_mime;
+    if (client->mode() == DecisionMode::full) {
+        bool read = false;
+        try {
+            const auto path = item.dir() / "message.eml";
+            raw_mime = co_await run_blocking(context_.pool, [&path] { return spool::read_message(path); });
+            read = true;
+        } catch (const std::exception& e) {
+            spdlog::error("spool: cannot read {} for the decision API: {}", meta.id, e.what());
+        }
+        if (!read) co_return Result{{DataOutcome::local_error, std::string()}};
+    }
+    const decision::Decision answer = co_await client->decide(meta, raw_mime);
+    switch (answer.verdict) {
+        case decision::Verdict::allow: co_return Result{};
+        case decision::Verdict::deny: co_return Result{{DataOutcome::denied, decision::deny_text(answer)}};
+        case decision::Verdict::silent_deny:
+            spdlog::info("decision id={} silent_deny reason=\"{}\" message=\"{}\"", meta.id, answer.reason,
+                         answer.message);
+            co_return Result{{DataOutcome::discarded, std::string()}};
+        case decision::Verdict::unavailable: break;
+    }
+    spdlog::warn("decision id={} unavailable: {}", meta.id, answer.reason);
+    co_return Result{{DataOutcome::decision_unavailable, answer.reason}};
+}
+
+awaitable<std::vector<std::string>> Session::commit(spool::TmpItem& item, const spool::Meta& meta) {
+    std::vector<spool::Meta> metas;
+    if (context_.config.webhook_recipient_mode == RecipientMode::each && meta.recipients.size() > 1) {
+        // One item per recipient: the first keeps the message's id, the others get new ones.
+        for (std::size_t i = 0; i < meta.recipients.size(); ++i) {
+            spool::Meta one = meta;
+            if (i > 0) one.id = spool::new_id();
+            one.recipients = {meta.recipients[i]};
+            metas.push_back(std::move(one));
+        }
+    } else {
+        metas.push_back(meta);
+    }
+    auto& spool = context_.spool;
+    co_await run_blocking(context_.pool, [&spool, &item, &metas] { spool.commit(item, metas); });
+    std::vector<std::string> ids;
+    for (const auto& m : metas) ids.push_back(m.id);
+    co_return ids;
 }
 
 }  // namespace mxhook::smtp

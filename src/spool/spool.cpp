@@ -239,6 +239,8 @@ void set_fsync_hook(FsyncHook hook) noexcept {
 }
 }  // namespace fault_injection
 
+std::string read_message(const fs::path& path) { return read_file(path); }
+
 std::string new_id() {
     // random_generator holds its own state and is not thread-safe; one per thread.
     thread_local boost::uuids::random_generator generator;
@@ -326,29 +328,64 @@ void Spool::append(TmpItem& item, std::string_view bytes) const {
     write_all(item.fd_, bytes, item.dir_ / kMessageFile);
 }
 
-void Spool::commit(TmpItem& item, const Meta& meta) const {
+void Spool::commit(TmpItem& item, const Meta& meta) const { commit(item, std::vector<Meta>{meta}); }
+
+void Spool::commit(TmpItem& item, const std::vector<Meta>& metas) const {
     if (!item.valid()) throw_error(EBADF, "commit", item.dir_);
     // dispatcher and operators find an item by the id inside meta.json as well as by its
     // directory name; a mismatch is a bug upstream, better caught before the 250.
-    if (meta.id != item.id_) throw_error(EINVAL, "commit (meta.id is \"" + meta.id + "\")", item.dir_);
+    if (metas.empty() || metas.front().id != item.id_) {
+        throw_error(EINVAL, "commit (meta.id is \"" + (metas.empty() ? std::string() : metas.front().id) + "\")",
+                    item.dir_);
+    }
+    for (const auto& meta : metas) {
+        if (!is_safe_id(meta.id)) throw_error(EINVAL, "commit (unsafe id \"" + meta.id + "\")", item.dir_);
+    }
 
     const fs::path message = item.dir_ / kMessageFile;
     fsync_fd(item.fd_, message);
     const int fd = std::exchange(item.fd_, -1);
     if (::close(fd) != 0) throw_errno("close", message);
 
-    write_file_durable(item.dir_ / kMetaFile, to_json(meta), O_EXCL);
-    sync_dir(item.dir_);
-
-    const fs::path published = item_dir(layout_.pending, item.id_);
-    rename_dir(item.dir_, published);
+    // Every item but the first is a sibling in tmp/ sharing message.eml through a hard
+    // link (WEBHOOK_RECIPIENT_MODE=each): no copy, and each is delivered on its own.
+    std::vector<fs::path> staged{item.dir_};
+    auto remove_siblings = [&] {
+        std::error_code ignored;
+        for (std::size_t i = 1; i < staged.size(); ++i) fs::remove_all(staged[i], ignored);
+    };
     try {
+        write_file_durable(item.dir_ / kMetaFile, to_json(metas.front()), O_EXCL);
+        sync_dir(item.dir_);
+        for (std::size_t i = 1; i < metas.size(); ++i) {
+            const fs::path sibling = item_dir(layout_.tmp, metas[i].id);
+            if (::mkdir(sibling.c_str(), 0700) != 0) throw_errno("mkdir", sibling);
+            staged.push_back(sibling);
+            if (::link(message.c_str(), (sibling / kMessageFile).c_str()) != 0) throw_errno("link", sibling);
+            write_file_durable(sibling / kMetaFile, to_json(metas[i]), O_EXCL);
+            sync_dir(sibling);
+        }
+    } catch (...) {
+        remove_siblings();
+        throw;
+    }
+
+    // All or nothing: publish every item, then make the moves durable with one fsync of
+    // pending/. On any failure pull back what was published, so nothing is delivered for
+    // a message the client is told to send again.
+    std::vector<std::pair<fs::path, fs::path>> published;
+    try {
+        for (const auto& from : staged) {
+            const fs::path to = layout_.pending / from.filename();
+            rename_dir(from, to);
+            published.emplace_back(from, to);
+        }
         sync_dir(layout_.pending);
     } catch (...) {
-        // The move may not survive a crash, and the client is about to hear 451 and send the
-        // message again: pull this copy back so it is not delivered as well. (If the dispatcher
-        // claimed it in this instant, the rename fails and the message arrives twice: never lost.)
-        ::rename(published.c_str(), item.dir_.c_str());
+        // (If the dispatcher claimed one in this instant, its rename back fails and that
+        // message arrives twice: never lost.)
+        for (const auto& [from, to] : published) ::rename(to.c_str(), from.c_str());
+        remove_siblings();
         throw;
     }
 }
@@ -402,6 +439,15 @@ fs::path Spool::processing_message(const std::string& id) const {
     return item_dir(layout_.processing, id) / kMessageFile;
 }
 
+std::vector<std::string> Spool::list_processing() const {
+    return list_dir(layout_.processing, Entries::item_dirs);
+}
+
+void Spool::unclaim(const std::string& id) const {
+    rename_dir(item_dir(layout_.processing, id), item_dir(layout_.pending, id));
+    sync_dir(layout_.pending);
+}
+
 void Spool::remove(const std::string& id) const {
     const fs::path dir = item_dir(layout_.processing, id);
     // Take the item out of processing/ in one rename before deleting it: a crash halfway
@@ -411,6 +457,12 @@ void Spool::remove(const std::string& id) const {
     if (::rename(dir.c_str(), doomed.c_str()) == 0) {
         std::error_code ignored;  // already out of processing/: the delivery is settled
         fs::remove_all(doomed, ignored);
+        // Make the removal durable too, or a crash could bring a delivered item back
+        // (to be delivered twice). Best effort: the delivery itself has succeeded.
+        try {
+            sync_dir(layout_.processing);
+        } catch (...) {
+        }
         return;
     }
     remove_tree(dir);  // e.g. tmp/ on another filesystem, or a stale leftover in the way

@@ -4,6 +4,7 @@
 #include "mxhook/webhook/body_source.hpp"
 #include "mxhook/webhook/payload.hpp"
 #include "mxhook/webhook/retry_policy.hpp"
+#include "mxhook/webhook/routing.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -13,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <system_error>
 
 namespace mxhook::webhook {
 namespace asio = boost::asio;
@@ -27,12 +29,15 @@ void Dispatcher::start() { asio::co_spawn(io_, scan_loop(), asio::detached); }
 
 void Dispatcher::notify(const std::string& id) {
     not_before_.erase(id);
-    enqueue(id);
+    // A fresh message goes ahead of any backlog the scan has queued, so it is sent at
+    // once even while old retries drain after an outage.
+    enqueue(id, /*front=*/true);
 }
 
-void Dispatcher::enqueue(const std::string& id) {
+void Dispatcher::enqueue(const std::string& id, bool front) {
     if (stopping_ || !busy_.insert(id).second) return;
-    queue_.push_back(id);
+    if (front) queue_.push_front(id);
+    else queue_.push_back(id);
     pump();
 }
 
@@ -81,12 +86,16 @@ awaitable<void> Dispatcher::scan_loop() {
 
 awaitable<void> Dispatcher::scan_once() {
     std::vector<std::string> ids;
+    std::vector<std::string> in_processing;
     try {
         ids = co_await run_blocking(pool_, [this] { return spool_.list_pending(); });
+        in_processing = co_await run_blocking(pool_, [this] { return spool_.list_processing(); });
     } catch (const std::exception& e) {
-        spdlog::error("dispatch: cannot scan {}: {}", spool_.layout().pending.string(), e.what());
+        spdlog::error("dispatch: cannot scan the spool: {}", e.what());
         co_return;
     }
+    co_await sweep_processing(in_processing);
+
     // Ids start with the arrival time in ms, so sorting delivers the oldest first.
     std::sort(ids.begin(), ids.end());
     const auto now = Clock::now();
@@ -106,27 +115,74 @@ awaitable<void> Dispatcher::scan_once() {
     not_before_ = std::move(still_waiting);
 }
 
+// An item in processing/ that no delivery owns was left there by an attempt that could
+// not finish (a spool error after the claim). Give it back to pending/ rather than wait
+// for a restart. Only ids that are not busy now: those cannot be claimed again until they
+// are back in pending/, so nothing races with this.
+awaitable<void> Dispatcher::sweep_processing(const std::vector<std::string>& in_processing) {
+    for (const auto& id : in_processing) {
+        if (busy_.count(id) != 0 || stopping_) continue;
+        bool returned = false;
+        try {
+            co_await run_blocking(pool_, [this, &id] { spool_.unclaim(id); });
+            returned = true;
+        } catch (const std::exception& e) {
+            spdlog::error("dispatch id={}: cannot move it back to pending: {}", id, e.what());
+        }
+        if (returned) spdlog::warn("dispatch id={}: found unowned in processing/, moved back to pending/", id);
+    }
+}
+
 awaitable<void> Dispatcher::deliver(std::string id) {
+    bool failed = false;
     try {
         co_await attempt(id);
     } catch (const std::exception& e) {
-        // Spool trouble after the claim: the item stays in processing/ and goes back to
-        // pending/ at the next start. Nothing acknowledged is lost.
         spdlog::error("dispatch id={}: {}", id, e.what());
+        failed = true;
+    }
+    if (failed) {
+        // A spool error in the middle of an attempt: give the item back unchanged so it is
+        // tried again later (the scan sweeps processing/ if even this fails).
+        try {
+            co_await run_blocking(pool_, [this, &id] { spool_.unclaim(id); });
+        } catch (const std::exception&) {
+        }
+        not_before_[id] = Clock::now() + config_.retry_interval;
     }
     delivery_done(id);
 }
+
+namespace {
+
+// A file that is not there (or not parsable) will not get better by waiting; an I/O
+// error, a lack of descriptors or memory may. Only the first kind dead-letters.
+bool permanent(const std::exception& e) {
+    if (const auto* system = dynamic_cast<const std::system_error*>(&e)) {
+        return system->code() == std::errc::no_such_file_or_directory;
+    }
+    return true;  // parse errors
+}
+
+}  // namespace
 
 awaitable<void> Dispatcher::attempt(const std::string& id) {
     const auto now = Clock::now();
     spool::Meta meta;
     std::string reason;
+    bool broken = false;
     try {
         meta = co_await run_blocking(pool_, [this, &id] { return spool_.read_pending_meta(id); });
     } catch (const std::exception& e) {
         reason = std::string("invalid metadata: ") + e.what();
+        broken = permanent(e);
     }
-    if (!reason.empty()) {
+    if (!reason.empty() && !broken) {
+        spdlog::warn("dispatch id={}: cannot read meta.json now, will try again: {}", id, reason);
+        not_before_[id] = now + config_.retry_interval;
+        co_return;
+    }
+    if (broken) {
         // Claim first: when the item is simply gone there is nothing to dead-letter.
         const bool claimed = co_await run_blocking(pool_, [this, &id] { return spool_.claim(id); });
         if (!claimed) co_return;
@@ -147,6 +203,7 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
         co_return;
     }
 
+    const std::string& url = route(config_, meta.recipients);
     std::shared_ptr<FormBodySource> body;
     std::string prefix = payload_prefix(meta, config_.webhook_signing_key, now);
     const auto path = spool_.processing_message(id);
@@ -159,28 +216,34 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
         });
     } catch (const std::exception& e) {
         reason = std::string("cannot read message: ") + e.what();
+        broken = permanent(e);
     }
-    if (!body) {
+    if (broken) {
         meta.last_error = reason;
         co_await run_blocking(pool_, [this, &id, &meta, &reason] { spool_.dead_letter(id, &meta, reason); });
         spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
         co_return;
     }
 
-    http::Request request;
-    request.url = config_.webhook_url;
-    request.headers.push_back("X-Mxhook-Id: " + id);
-    request.content_type = "application/x-www-form-urlencoded";
-    request.body = body;
-    request.timeout = config_.webhook_timeout;
-    const http::Response response = co_await client_.post(std::move(request));
+    http::Response response;
+    if (body) {
+        http::Request request;
+        request.url = url;
+        request.headers.push_back("X-Mxhook-Id: " + id);
+        request.content_type = "application/x-www-form-urlencoded";
+        request.body = body;
+        request.timeout = config_.webhook_timeout;
+        response = co_await client_.post(std::move(request));
+    } else {
+        response.error = reason;  // a passing read error: counts as a failed attempt
+    }
 
     const Outcome outcome = response.error.empty() ? classify(response.status) : Outcome::retry;
     const auto status = response.status == 0 ? std::string("none") : std::to_string(response.status);
     if (outcome == Outcome::delivered) {
         co_await run_blocking(pool_, [this, &id] { spool_.remove(id); });
         not_before_.erase(id);
-        spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, config_.webhook_url, status,
+        spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, url, status,
                      response.duration.count());
         co_return;
     }
@@ -190,7 +253,7 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
     if (outcome == Outcome::dead) {
         meta.last_error = "webhook returned 406";
         co_await run_blocking(pool_, [this, &id, &meta] { spool_.dead_letter(id, &meta, ""); });
-        spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, config_.webhook_url, status,
+        spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, url, status,
                      response.duration.count());
         co_return;
     }
@@ -200,7 +263,7 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
     co_await run_blocking(pool_, [this, &id, &meta] { spool_.release(id, meta); });
     not_before_[id] = next;
     spdlog::warn("delivery id={} url={} status={} ms={} outcome=retry attempts={} error=\"{}\" next={}", id,
-                 config_.webhook_url, status, response.duration.count(), meta.attempts, *meta.last_error,
+                 url, status, response.duration.count(), meta.attempts, *meta.last_error,
                  spool::iso8601(next));
 }
 

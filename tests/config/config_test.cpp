@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -303,6 +304,103 @@ TEST(ConfigTest, ProcessEnvReadsTheEnvironment) {
     EXPECT_EQ(env("MXHOOK_CONFIG_TEST_VAR"), "hello");
     EXPECT_EQ(env("MXHOOK_CONFIG_TEST_UNSET"), std::nullopt);
     ::unsetenv("MXHOOK_CONFIG_TEST_VAR");
+}
+
+
+// --- issue 4: decision API, role routing, recipient mode ----------------------------------------
+
+TEST(ConfigTest, Issue4DefaultsWhenUnset) {
+    auto c = load({});
+    EXPECT_EQ(c.decision_url, "");
+    EXPECT_EQ(c.decision_token, "");
+    EXPECT_EQ(c.decision_mode, DecisionMode::minimal);
+    EXPECT_EQ(c.webhook_role_url, "");
+    EXPECT_EQ(c.webhook_recipient_mode, RecipientMode::joined);
+    const std::vector<std::string> roles{
+        "abuse",     "admin",   "administrator", "billing",  "contact",      "daemon",    "help",
+        "hostmaster", "info",   "legal",         "mail",     "mailerdaemon", "marketing", "noc",
+        "noreply",   "nostr",   "postmaster",    "privacy",  "root",         "sales",     "security",
+        "spam",      "sysadmin", "support",      "usenet",   "uucp",         "webmaster", "www"};
+    auto sorted = c.role_addresses;
+    std::sort(sorted.begin(), sorted.end());
+    auto expected = roles;
+    std::sort(expected.begin(), expected.end());
+    EXPECT_EQ(sorted, expected);
+    EXPECT_EQ(default_role_addresses().size(), 28u);
+}
+
+TEST(ConfigTest, Issue4EmptyVariablesTakeDefaults) {
+    auto c = load({{"WEBHOOK_DECISION_URL", ""}, {"WEBHOOK_DECISION_TOKEN", ""},
+                   {"WEBHOOK_DECISION_PAYLOAD_MODE", ""}, {"WEBHOOK_ROLE_URL", ""}, {"ROLE_ADDRESSES", ""},
+                   {"WEBHOOK_RECIPIENT_MODE", ""}});
+    EXPECT_EQ(c.decision_url, "");
+    EXPECT_EQ(c.decision_mode, DecisionMode::minimal);
+    EXPECT_EQ(c.webhook_role_url, "");
+    EXPECT_EQ(c.role_addresses.size(), 28u);
+    EXPECT_EQ(c.webhook_recipient_mode, RecipientMode::joined);
+}
+
+TEST(ConfigTest, DecisionAndRoleUrlsAcceptHttpAndHttps) {
+    for (std::string good : {"http://127.0.0.1:9000/decide", "https://policy.example.com/haraka/decision",
+                             "HTTP://Example.com/x?y=z", "https://user:pw@example.com/in"}) {
+        auto c = load({{"WEBHOOK_DECISION_URL", good}, {"WEBHOOK_ROLE_URL", good}});
+        EXPECT_EQ(c.decision_url, good);
+        EXPECT_EQ(c.webhook_role_url, good);
+    }
+}
+
+TEST(ConfigTest, DecisionAndRoleUrlsRejectOtherSchemesAndGarbage) {
+    for (std::string name : {"WEBHOOK_DECISION_URL", "WEBHOOK_ROLE_URL"}) {
+        for (std::string bad : {"ftp://example.com/x", "example.com/hook", "/decide", "http://", "not a url",
+                                "mailto:a@example.com", "file:///etc/passwd"}) {
+            expect_rejected(name, bad);
+        }
+    }
+}
+
+TEST(ConfigTest, DecisionUrlErrorDoesNotEchoCredentials) {
+    for (std::string name : {"WEBHOOK_DECISION_URL", "WEBHOOK_ROLE_URL"}) {
+        auto error = error_of({{name, "ftp://user:s3cret@example.com/"}});
+        EXPECT_TRUE(starts_with(error, name + ": ")) << error;
+        EXPECT_EQ(error.find("s3cret"), std::string::npos) << error;
+    }
+}
+
+TEST(ConfigTest, DecisionTokenIsKeptVerbatim) {
+    EXPECT_EQ(load({{"WEBHOOK_DECISION_TOKEN", "s3cr3t-Token_42"}}).decision_token, "s3cr3t-Token_42");
+}
+
+TEST(ConfigTest, DecisionPayloadModeWordsAnyCase) {
+    EXPECT_EQ(load({{"WEBHOOK_DECISION_PAYLOAD_MODE", "minimal"}}).decision_mode, DecisionMode::minimal);
+    EXPECT_EQ(load({{"WEBHOOK_DECISION_PAYLOAD_MODE", "summary"}}).decision_mode, DecisionMode::summary);
+    EXPECT_EQ(load({{"WEBHOOK_DECISION_PAYLOAD_MODE", "full"}}).decision_mode, DecisionMode::full);
+    EXPECT_EQ(load({{"WEBHOOK_DECISION_PAYLOAD_MODE", "FULL"}}).decision_mode, DecisionMode::full);
+    EXPECT_EQ(load({{"WEBHOOK_DECISION_PAYLOAD_MODE", "Summary"}}).decision_mode, DecisionMode::summary);
+    EXPECT_EQ(load({{"WEBHOOK_DECISION_PAYLOAD_MODE", "MiNiMaL"}}).decision_mode, DecisionMode::minimal);
+}
+
+TEST(ConfigTest, DecisionPayloadModeRejectsOtherWords) {
+    for (std::string bad : {"bogus", "raw", "fulll", "headers", "0"}) expect_rejected("WEBHOOK_DECISION_PAYLOAD_MODE", bad);
+    auto error = error_of({{"WEBHOOK_DECISION_PAYLOAD_MODE", "bogus"}});
+    EXPECT_NE(error.find("bogus"), std::string::npos) << error;
+}
+
+TEST(ConfigTest, RecipientModeWordsAnyCase) {
+    EXPECT_EQ(load({{"WEBHOOK_RECIPIENT_MODE", "joined"}}).webhook_recipient_mode, RecipientMode::joined);
+    EXPECT_EQ(load({{"WEBHOOK_RECIPIENT_MODE", "each"}}).webhook_recipient_mode, RecipientMode::each);
+    EXPECT_EQ(load({{"WEBHOOK_RECIPIENT_MODE", "EACH"}}).webhook_recipient_mode, RecipientMode::each);
+    EXPECT_EQ(load({{"WEBHOOK_RECIPIENT_MODE", "Joined"}}).webhook_recipient_mode, RecipientMode::joined);
+}
+
+TEST(ConfigTest, RecipientModeRejectsOtherWords) {
+    for (std::string bad : {"bogus", "per-recipient", "single", "all", "1"}) expect_rejected("WEBHOOK_RECIPIENT_MODE", bad);
+    auto error = error_of({{"WEBHOOK_RECIPIENT_MODE", "bogus"}});
+    EXPECT_NE(error.find("bogus"), std::string::npos) << error;
+}
+
+TEST(ConfigTest, RoleAddressesReplaceTheDefaultTrimmedAndLowerCased) {
+    auto c = load({{"ROLE_ADDRESSES", " CEO, hr ,,Board "}});
+    EXPECT_EQ(c.role_addresses, (std::vector<std::string>{"ceo", "hr", "board"}));
 }
 
 }  // namespace

@@ -483,5 +483,174 @@ TEST_F(SpoolTest, ReadingABrokenMetaThrowsRuntimeError) {
     EXPECT_THROW(spool().read_pending_meta(id), SpoolError);
 }
 
+
+// --- several items for one message (WEBHOOK_RECIPIENT_MODE=each) ------------------------------
+
+// The per-recipient metas the SMTP session builds: the first keeps the item's id.
+std::vector<Meta> per_recipient_metas(const std::string& id, const std::vector<std::string>& ids,
+                                      const std::vector<std::string>& recipients) {
+    std::vector<Meta> metas;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        Meta m = meta_for(i == 0 ? id : ids[i]);
+        m.recipients = {recipients[i]};
+        metas.push_back(std::move(m));
+    }
+    return metas;
+}
+
+std::vector<std::string> read_pending_meta_recipients(const Spool& spool, const std::string& id) {
+    return spool.read_pending_meta(id).recipients;
+}
+
+struct stat stat_of(const fs::path& path) {
+    struct stat st {};
+    EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+    return st;
+}
+
+TEST_F(SpoolTest, CommitWithThreeMetasPublishesThreeItemsSharingOneMessage) {
+    const std::string id = new_id();
+    const std::vector<std::string> ids{id, new_id(), new_id()};
+    TmpItem item = spool().create(id);
+    const std::string body = "Subject: each\r\n\r\n" + std::string(100'000, 'e');
+    spool().append(item, body);
+    const auto metas = per_recipient_metas(id, ids, {"a@example.com", "b@example.com", "c@example.com"});
+    spool().commit(item, metas);
+    EXPECT_FALSE(item.valid());
+
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_EQ(entries(layout().pending), (std::set<std::string>(ids.begin(), ids.end())));
+    const struct stat first = stat_of(layout().pending / id / "message.eml");
+    EXPECT_EQ(first.st_nlink, 3u);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        const fs::path dir = layout().pending / ids[i];
+        EXPECT_EQ(entries(dir), (std::set<std::string>{"message.eml", "meta.json"})) << ids[i];
+        EXPECT_EQ(slurp(dir / "meta.json"), to_json(metas[i])) << ids[i];
+        EXPECT_EQ(slurp(dir / "message.eml"), body) << ids[i];
+        const struct stat st = stat_of(dir / "message.eml");
+        EXPECT_EQ(st.st_ino, first.st_ino) << ids[i] << ": a copy, not a hard link";
+        EXPECT_EQ(st.st_dev, first.st_dev);
+        EXPECT_EQ(st.st_nlink, 3u) << ids[i];
+        EXPECT_EQ(mode_of(dir), 0700u) << ids[i];
+        EXPECT_EQ(mode_of(dir / "meta.json"), 0600u) << ids[i];
+        EXPECT_EQ(read_pending_meta_recipients(spool(), ids[i]), metas[i].recipients);
+    }
+
+    // Each item lives on its own: delivering one leaves the others' message intact.
+    ASSERT_TRUE(spool().claim(ids[1]));
+    spool().remove(ids[1]);
+    EXPECT_EQ(slurp(layout().pending / id / "message.eml"), body);
+    EXPECT_EQ(stat_of(layout().pending / ids[2] / "message.eml").st_nlink, 2u);
+}
+
+TEST_F(SpoolTest, CommitWithOneMetaInAVectorIsAPlainCommit) {
+    const std::string id = new_id();
+    TmpItem item = spool().create(id);
+    spool().append(item, "x");
+    spool().commit(item, std::vector<Meta>{meta_for(id)});
+    EXPECT_EQ(entries(layout().pending), std::set<std::string>{id});
+    EXPECT_EQ(stat_of(layout().pending / id / "message.eml").st_nlink, 1u);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+}
+
+TEST_F(SpoolTest, CommitWithSeveralMetasRefusesBadInput) {
+    const std::string id = new_id();
+    TmpItem item = spool().create(id);
+    spool().append(item, "x");
+    EXPECT_THROW(spool().commit(item, std::vector<Meta>{}), SpoolError);
+    EXPECT_THROW(spool().commit(item, std::vector<Meta>{meta_for(new_id()), meta_for(id)}), SpoolError);
+    EXPECT_THROW(spool().commit(item, std::vector<Meta>{meta_for(id), meta_for("../escape")}), SpoolError);
+    EXPECT_TRUE(entries(layout().pending).empty());
+    spool().discard(item);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_TRUE(entries(root_ / "spool").count("escape") == 0);
+}
+
+TEST_F(SpoolTest, CommitWithSeveralMetasIsAllOrNothingWhenAPublishedNameIsTaken) {
+    // The third item's name is already in pending/: as a regular file, then as a directory
+    // with something in it. The first two were already renamed when that fails.
+    for (const bool as_directory : {false, true}) {
+        SCOPED_TRACE(as_directory ? "directory in the way" : "file in the way");
+        const std::string id = new_id();
+        const std::vector<std::string> ids{id, new_id(), new_id()};
+        const fs::path blocker = layout().pending / ids[2];
+        if (as_directory) {
+            fs::create_directory(blocker);
+            write_text(blocker / "meta.json", "{}");
+        } else {
+            write_text(blocker, "in the way");
+        }
+
+        TmpItem item = spool().create(id);
+        spool().append(item, "Subject: x\r\n\r\nbody\r\n");
+        EXPECT_THROW(spool().commit(item, per_recipient_metas(id, ids, {"a@x", "b@x", "c@x"})), SpoolError);
+        EXPECT_EQ(entries(layout().pending), std::set<std::string>{ids[2]}) << "a published item was left";
+        if (as_directory) {
+            EXPECT_EQ(entries(blocker), std::set<std::string>{"meta.json"});
+            EXPECT_EQ(slurp(blocker / "meta.json"), "{}");
+        } else {
+            EXPECT_EQ(slurp(blocker), "in the way");
+        }
+        spool().discard(item);
+        EXPECT_TRUE(entries(layout().tmp).empty()) << "tmp/ still holds " << entries(layout().tmp).size();
+        fs::remove_all(blocker);
+    }
+}
+
+TEST_F(SpoolTest, CommitWithSeveralMetasIsAllOrNothingWhenTheSecondNameIsTaken) {
+    // The very first publishing rename succeeds, the second fails.
+    const std::string id = new_id();
+    const std::vector<std::string> ids{id, new_id(), new_id()};
+    write_text(layout().pending / ids[1], "in the way");
+    TmpItem item = spool().create(id);
+    spool().append(item, "body");
+    EXPECT_THROW(spool().commit(item, per_recipient_metas(id, ids, {"a@x", "b@x", "c@x"})), SpoolError);
+    EXPECT_EQ(entries(layout().pending), std::set<std::string>{ids[1]});
+    spool().discard(item);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+}
+
+TEST_F(SpoolTest, CommitWithSeveralMetasCleansUpWhenStagingASiblingFails) {
+    // A sibling's name is taken in tmp/ (by someone else's item): its mkdir fails. That item
+    // is not ours and stays; nothing of ours is left anywhere.
+    const std::string id = new_id();
+    const std::vector<std::string> ids{id, new_id(), new_id()};
+    fs::create_directory(layout().tmp / ids[2]);
+    write_text(layout().tmp / ids[2] / "message.eml", "other");
+    TmpItem item = spool().create(id);
+    spool().append(item, "body");
+    EXPECT_THROW(spool().commit(item, per_recipient_metas(id, ids, {"a@x", "b@x", "c@x"})), SpoolError);
+    EXPECT_TRUE(entries(layout().pending).empty());
+    spool().discard(item);
+    EXPECT_EQ(entries(layout().tmp), std::set<std::string>{ids[2]});
+    EXPECT_EQ(slurp(layout().tmp / ids[2] / "message.eml"), "other");
+}
+
+TEST_F(SpoolTest, CommitWithSeveralMetasPullsEverythingBackWhenPendingFsyncFails) {
+    g_failing_fsync = layout().pending;
+    fault_injection::set_fsync_hook(&fail_selected_fsync);
+    const std::string id = new_id();
+    const std::vector<std::string> ids{id, new_id(), new_id()};
+    TmpItem item = spool().create(id);
+    spool().append(item, "body");
+    EXPECT_THROW(spool().commit(item, per_recipient_metas(id, ids, {"a@x", "b@x", "c@x"})), SpoolError);
+    EXPECT_TRUE(entries(layout().pending).empty());
+    spool().discard(item);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+}
+
+TEST_F(SpoolTest, CommitWithSeveralMetasCleansUpWhenASiblingMetaFsyncFails) {
+    const std::string id = new_id();
+    const std::vector<std::string> ids{id, new_id(), new_id()};
+    g_failing_fsync = layout().tmp / ids[2] / "meta.json";
+    fault_injection::set_fsync_hook(&fail_selected_fsync);
+    TmpItem item = spool().create(id);
+    spool().append(item, "body");
+    EXPECT_THROW(spool().commit(item, per_recipient_metas(id, ids, {"a@x", "b@x", "c@x"})), SpoolError);
+    EXPECT_TRUE(entries(layout().pending).empty());
+    spool().discard(item);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+}
+
 }  // namespace
 }  // namespace mxhook::spool

@@ -47,6 +47,9 @@ enum class DataOutcome {
     bare_lf,         // a bare LF line end arrived and SMTP_BARE_LF=reject
     local_error,     // the spool failed (disk full, fsync error...)
     loop,            // more Received: headers than max_received_headers (a mail loop)
+    denied,          // the decision API said deny (text: the SMTP-safe reason)
+    discarded,       // the decision API said silent_deny: answered as if queued
+    decision_unavailable,  // the decision API could not be asked or gave no valid answer
 };
 
 class Protocol {
@@ -59,7 +62,8 @@ public:
     // The command line was longer than the limit; the session discarded it.
     Step on_line_too_long();
     // Ends the DATA phase started by Action::start_data and resets the transaction.
-    Step on_data_end(DataOutcome outcome, std::string_view id = {});
+    // `text` is the id for queued/discarded and the reason shown for denied.
+    Step on_data_end(DataOutcome outcome, std::string_view text = {});
     // The reply sent to every client when the server shuts down.
     static std::string_view shutdown_reply();
     static std::string_view timeout_reply();

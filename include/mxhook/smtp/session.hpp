@@ -4,6 +4,7 @@
 // coroutine code; a watchdog timer enforces SMTP_TIMEOUT_MS on every read and write.
 
 #include "mxhook/config.hpp"
+#include "mxhook/decision/client.hpp"
 #include "mxhook/smtp/data_decoder.hpp"
 #include "mxhook/smtp/protocol.hpp"
 #include "mxhook/spool/spool.hpp"
@@ -19,6 +20,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace mxhook::smtp {
 
@@ -29,6 +32,7 @@ struct SessionContext {
     spool::Spool& spool;
     boost::asio::thread_pool& pool;
     std::function<void(const std::string& id)> on_queued;  // called on the io thread after 250
+    decision::Client* decision = nullptr;                  // asked before commit when enabled
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -49,6 +53,11 @@ private:
     // Returns the final reply, or nullopt when the connection was lost.
     boost::asio::awaitable<std::optional<Step>> receive_message(const std::string& reply354);
     boost::asio::awaitable<void> discard(spool::TmpItem& item);
+    // Asks the decision API (when enabled); nullopt means allow, else the outcome to answer.
+    boost::asio::awaitable<std::optional<std::pair<DataOutcome, std::string>>> ask_decision(
+        const spool::TmpItem& item, const spool::Meta& meta);
+    // Commits the item: one spool item, or one per recipient in "each" mode. Returns the ids.
+    boost::asio::awaitable<std::vector<std::string>> commit(spool::TmpItem& item, const spool::Meta& meta);
     boost::asio::awaitable<void> close_with(std::string_view reply);
     void arm_deadline();
     void lookup_client_host();

@@ -27,6 +27,9 @@ public:
     using std::system_error::system_error;
 };
 
+// Reads a whole spool file (message.eml for the decision API's full mode). Blocking.
+std::string read_message(const std::filesystem::path& path);
+
 // "<unix-ms>-<uuid v4>", e.g. "1764090194123-0f8e...". Safe as a directory name.
 std::string new_id();
 
@@ -75,6 +78,10 @@ public:
     // pending/<id>, fsyncs pending/. After it returns the message is durable.
     // On any failure throws SpoolError and the item is left for discard().
     void commit(TmpItem& item, const Meta& meta) const;
+    // The same for several items sharing one message (WEBHOOK_RECIPIENT_MODE=each):
+    // metas[0] is the item's own (same id); every other meta becomes its own item whose
+    // message.eml is a hard link to this one. All are published, or none.
+    void commit(TmpItem& item, const std::vector<Meta>& metas) const;
     // Removes tmp/<id> and everything in it; never throws.
     void discard(TmpItem& item) const noexcept;
 
@@ -87,6 +94,11 @@ public:
     // is gone (someone else took it).
     bool claim(const std::string& id) const;
     Meta read_processing_meta(const std::string& id) const;
+    // Names of the directories in processing/.
+    std::vector<std::string> list_processing() const;
+    // Gives a claimed item back unchanged: rename processing/<id> -> pending/<id>, fsync
+    // pending/. Used when an attempt could not be finished (a spool error after the claim).
+    void unclaim(const std::string& id) const;
     std::filesystem::path processing_message(const std::string& id) const;
     // Delivered: remove processing/<id>.
     void remove(const std::string& id) const;

@@ -21,6 +21,7 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 namespace mxhook::webhook {
 
@@ -42,7 +43,8 @@ private:
     boost::asio::awaitable<void> scan_once();
     boost::asio::awaitable<void> deliver(std::string id);
     boost::asio::awaitable<void> attempt(const std::string& id);
-    void enqueue(const std::string& id);
+    boost::asio::awaitable<void> sweep_processing(const std::vector<std::string>& in_processing);
+    void enqueue(const std::string& id, bool front = false);
     void pump();
     void delivery_done(const std::string& id);
 
@@ -57,7 +59,6 @@ private:
     std::unordered_map<std::string, std::chrono::system_clock::time_point> not_before_;  // known retry times
     std::size_t in_flight_ = 0;
     bool stopping_ = false;
-    bool scanning_ = false;
     std::function<void()> on_idle_;
 };
 

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -111,6 +112,7 @@ void Daemon::start() {
         throw std::system_error(errno, std::generic_category(), "open " + err);
     }
 
+    const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0) {
         ::close(out_fd);
@@ -118,6 +120,9 @@ void Daemon::start() {
         throw std::system_error(errno, std::generic_category(), "fork");
     }
     if (pid == 0) {
+        // Should the test process crash, the daemon goes with it instead of lingering.
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != parent) ::_exit(127);
         const int null_fd = ::open("/dev/null", O_RDONLY);
         if (null_fd >= 0) ::dup2(null_fd, 0);
         ::dup2(out_fd, 1);

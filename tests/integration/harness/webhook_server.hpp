@@ -15,7 +15,6 @@
 #include <functional>
 #include <initializer_list>
 #include <mutex>
-#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
