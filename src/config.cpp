@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <utility>
@@ -196,6 +197,16 @@ std::string parse_hostname(const Reader& reader) {
     return host;
 }
 
+// A file mxhook must be able to read (a certificate or key); "" when unset.
+std::string parse_readable_file(const Reader& reader, std::string_view name) {
+    auto text = reader.get(name);
+    if (!text) return {};
+    if (::access(text->c_str(), R_OK) != 0) {
+        fail(name, std::string("cannot read ") + quote_value(*text) + ": " + std::strerror(errno));
+    }
+    return *text;
+}
+
 // A setting that is one of a few words (any case); the first choice is the default.
 template <typename Enum>
 Enum parse_choice(const Reader& reader, std::string_view name,
@@ -314,6 +325,21 @@ Config load_config(const EnvLookup& env) {
         reader, "SMTP_BARE_LF", {{"normalize", BareLfPolicy::normalize}, {"reject", BareLfPolicy::reject}});
     c.smtp_timeout = reader.millis("SMTP_TIMEOUT_MS", c.smtp_timeout);
     c.shutdown_grace = reader.millis("SHUTDOWN_GRACE_MS", c.shutdown_grace);
+    c.smtp_max_session = reader.millis("SMTP_MAX_SESSION_MS", c.smtp_max_session);
+    c.smtp_max_connections = reader.count("SMTP_MAX_CONNECTIONS", c.smtp_max_connections);
+    c.smtp_max_connections_per_ip = reader.count("SMTP_MAX_CONNECTIONS_PER_IP", c.smtp_max_connections_per_ip);
+    c.smtp_max_errors = reader.count("SMTP_MAX_ERRORS", c.smtp_max_errors);
+    c.smtp_max_header_bytes = reader.count("SMTP_MAX_HEADER_BYTES", c.smtp_max_header_bytes);
+    c.smtp_max_header_lines = reader.count("SMTP_MAX_HEADER_LINES", c.smtp_max_header_lines);
+    c.smtp_max_received_headers = reader.count("SMTP_MAX_RECEIVED_HEADERS", c.smtp_max_received_headers);
+
+    c.smtp_tls_cert_path = parse_readable_file(reader, "SMTP_TLS_CERT_PATH");
+    c.smtp_tls_key_path = parse_readable_file(reader, "SMTP_TLS_KEY_PATH");
+    if (c.smtp_tls_cert_path.empty() != c.smtp_tls_key_path.empty()) {
+        fail(c.smtp_tls_cert_path.empty() ? "SMTP_TLS_CERT_PATH" : "SMTP_TLS_KEY_PATH",
+             "must be set too: STARTTLS needs both SMTP_TLS_CERT_PATH and SMTP_TLS_KEY_PATH");
+    }
+    c.smtp_tls_watch_interval = reader.millis("SMTP_TLS_WATCH_INTERVAL_MS", c.smtp_tls_watch_interval);
 
     c.accept_all_recipients = parse_flag(reader, "ACCEPT_ALL_RECIPIENTS", c.accept_all_recipients);
     if (auto domains = reader.get("ACCEPTED_DOMAINS")) {
@@ -355,6 +381,9 @@ Config load_config(const EnvLookup& env) {
     c.retry_interval = reader.millis("RETRY_INTERVAL_MS", c.retry_interval);
     c.retry_max_interval = reader.millis("RETRY_MAX_INTERVAL_MS", c.retry_max_interval);
     c.max_retry_age = reader.millis("MAX_RETRY_AGE_MS", c.max_retry_age, /*allow_zero=*/true);
+    c.max_interrupted_attempts = static_cast<std::int64_t>(
+        reader.number("MAX_INTERRUPTED_ATTEMPTS", static_cast<std::uint64_t>(c.max_interrupted_attempts),
+                      /*allow_zero=*/false, 1000000));
 
     c.log_level = parse_log_level(reader);
     return c;

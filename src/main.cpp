@@ -4,6 +4,7 @@
 #include "mxhook/decision/client.hpp"
 #include "mxhook/http/client.hpp"
 #include "mxhook/smtp/server.hpp"
+#include "mxhook/smtp/tls.hpp"
 #include "mxhook/spool/spool.hpp"
 #include "mxhook/webhook/dispatcher.hpp"
 
@@ -17,6 +18,8 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <functional>
+#include <memory>
 #include <iostream>
 
 namespace {
@@ -48,14 +51,28 @@ int run(const Config& config) {
     webhook::Dispatcher dispatcher(io, pool, spool, client, config);
     decision::Client decision(client, config);
 
+    std::unique_ptr<smtp::TlsCredentials> tls;
+    if (!config.smtp_tls_cert_path.empty()) {
+        tls = std::make_unique<smtp::TlsCredentials>(io, config.smtp_tls_cert_path, config.smtp_tls_key_path,
+                                                     config.smtp_tls_watch_interval);
+        tls->watch();
+        spdlog::info("tls: STARTTLS offered with {}", config.smtp_tls_cert_path);
+    }
+
     smtp::ProtocolSettings protocol;
     protocol.hostname = config.smtp_hostname;
     protocol.max_message_bytes = config.smtp_max_message_bytes;
     protocol.max_recipients = config.smtp_max_recipients;
     protocol.accept_all_recipients = config.accept_all_recipients;
     protocol.accepted_domains = config.accepted_domains;
+    protocol.max_errors = config.smtp_max_errors;
+    protocol.max_received_headers = config.smtp_max_received_headers;
+    protocol.max_header_bytes = config.smtp_max_header_bytes;
+    protocol.max_header_lines = config.smtp_max_header_lines;
+    protocol.tls_available = tls != nullptr;
     smtp::SessionContext context{config, protocol, spool, pool,
-                                 [&dispatcher](const std::string& id) { dispatcher.notify(id); }, &decision};
+                                 [&dispatcher](const std::string& id) { dispatcher.notify(id); }, &decision,
+                                 tls.get()};
     smtp::Server server(io, context);
     server.listen(config.smtp_listen);
     server.start();
@@ -70,8 +87,22 @@ int run(const Config& config) {
     auto part_done = [&] {
         if (--pending_parts == 0) io.stop();
     };
+    // SIGHUP: load the certificate files again (renewals are also noticed on their own).
+    boost::asio::signal_set hangup(io, SIGHUP);
+    std::function<void()> wait_hangup = [&] {
+        hangup.async_wait([&](const boost::system::error_code& ec, int) {
+            if (ec) return;
+            if (tls) tls->reload();
+            else spdlog::info("received SIGHUP: no TLS certificate configured, nothing to reload");
+            wait_hangup();
+        });
+    };
+    wait_hangup();
+
     signals.async_wait([&](const boost::system::error_code& ec, int signal) {
         if (ec) return;
+        hangup.cancel();
+        if (tls) tls->stop();
         spdlog::info("received signal {}: shutting down ({} session(s), {} delivery(ies) in flight)", signal,
                      server.session_count(), dispatcher.in_flight());
         grace.expires_after(config.shutdown_grace);
@@ -116,6 +147,9 @@ int main() {
     setup_logging(config);
     try {
         return run(config);
+    } catch (const ConfigError& e) {  // e.g. a certificate that does not load
+        std::cerr << "mxhook: configuration error: " << e.what() << std::endl;
+        return 2;
     } catch (const std::exception& e) {
         spdlog::critical("mxhook: {}", e.what());
         return 1;

@@ -45,6 +45,18 @@ struct Config {
     std::size_t smtp_max_recipients = 1000;                 // SMTP_MAX_RECIPIENTS
     BareLfPolicy smtp_bare_lf = BareLfPolicy::normalize;    // SMTP_BARE_LF: normalize | reject
     std::chrono::milliseconds smtp_timeout{300000};          // SMTP_TIMEOUT_MS
+    std::chrono::milliseconds smtp_max_session{3600000};     // SMTP_MAX_SESSION_MS
+    std::size_t smtp_max_connections = 1000;                // SMTP_MAX_CONNECTIONS
+    std::size_t smtp_max_connections_per_ip = 20;           // SMTP_MAX_CONNECTIONS_PER_IP
+    std::size_t smtp_max_errors = 20;                       // SMTP_MAX_ERRORS
+    std::size_t smtp_max_header_bytes = 1048576;            // SMTP_MAX_HEADER_BYTES
+    std::size_t smtp_max_header_lines = 10000;              // SMTP_MAX_HEADER_LINES
+    std::size_t smtp_max_received_headers = 100;            // SMTP_MAX_RECEIVED_HEADERS
+
+    // STARTTLS (both paths or neither)
+    std::string smtp_tls_cert_path;                         // SMTP_TLS_CERT_PATH (full chain, PEM)
+    std::string smtp_tls_key_path;                          // SMTP_TLS_KEY_PATH (PEM)
+    std::chrono::milliseconds smtp_tls_watch_interval{60000};  // SMTP_TLS_WATCH_INTERVAL_MS
     std::chrono::milliseconds shutdown_grace{30000};         // SHUTDOWN_GRACE_MS
     bool accept_all_recipients = true;                      // ACCEPT_ALL_RECIPIENTS
     std::vector<std::string> accepted_domains;              // ACCEPTED_DOMAINS, lower-cased
@@ -77,6 +89,7 @@ struct Config {
     std::chrono::milliseconds retry_interval{30000};         // RETRY_INTERVAL_MS
     std::chrono::milliseconds retry_max_interval{3600000};   // RETRY_MAX_INTERVAL_MS
     std::chrono::milliseconds max_retry_age{0};              // MAX_RETRY_AGE_MS (0 = for ever)
+    std::int64_t max_interrupted_attempts = 3;              // MAX_INTERRUPTED_ATTEMPTS (poison messages)
 
     // Operation
     std::string log_level = "info";                         // LOG_LEVEL: trace debug info warn error critical off

@@ -22,9 +22,12 @@ Decision unavailable(std::string why) { return {Verdict::unavailable, std::move(
 // and keep other scalar values readable rather than failing the whole answer.
 std::string optional_text(const Json& object, const char* key) {
     const auto it = object.find(key);
-    if (it == object.end() || it->is_null()) return {};
-    if (it->is_string()) return it->get<std::string>();
-    return it->dump();
+    if (it == object.end()) return {};
+    const Json& value = *it;
+    // JavaScript's falsy values (null, false, 0, "") read as absent.
+    if (value.is_null() || (value.is_boolean() && !value.get<bool>()) || (value.is_number() && value == 0)) return {};
+    if (value.is_string()) return value.get<std::string>();
+    return value.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
 }  // namespace

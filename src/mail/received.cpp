@@ -70,7 +70,13 @@ std::string received_header(const TraceInfo& info) {
         out += ' ';
     }
     out += address_literal(sanitize(info.client_ip));
-    out += ")\r\n\tby ";
+    out += ")\r\n\t";
+    if (!info.tls.empty()) {
+        out += '(';
+        out += sanitize(info.tls);
+        out += ")\r\n\t";
+    }
+    out += "by ";
     out += info.by_host;
     out += " (mxhook) with ";
     out += info.protocol;

@@ -79,6 +79,21 @@ PathArgument parse_path_argument(std::string_view text) {
     return result;
 }
 
+const char* outcome_name(DataOutcome outcome) {
+    switch (outcome) {
+        case DataOutcome::queued: return "queued";
+        case DataOutcome::too_big: return "too-big";
+        case DataOutcome::headers_too_big: return "headers-too-big";
+        case DataOutcome::bare_lf: return "bare-lf";
+        case DataOutcome::local_error: return "local-error";
+        case DataOutcome::loop: return "mail-loop";
+        case DataOutcome::denied: return "denied";
+        case DataOutcome::discarded: return "discarded";
+        case DataOutcome::decision_unavailable: return "decision-unavailable";
+    }
+    return "unknown";
+}
+
 Protocol::Protocol(ProtocolSettings settings) : settings_(std::move(settings)) {}
 
 std::string Protocol::greeting() const { return line("220 " + settings_.hostname + " ESMTP"); }
@@ -97,6 +112,14 @@ Step Protocol::error(std::string reply) {
 void Protocol::reset_transaction() {
     envelope_ = Envelope{};
     state_ = helo_.empty() && !esmtp_ ? State::need_helo : State::ready;
+}
+
+void Protocol::on_tls_started() {
+    tls_active_ = true;
+    helo_.clear();
+    esmtp_ = false;
+    envelope_ = Envelope{};
+    state_ = State::need_helo;
 }
 
 Step Protocol::on_line_too_long() { return error(line("500 5.5.2 Line too long")); }
@@ -125,7 +148,14 @@ Step Protocol::on_line(std::string_view text) {
     if (iequals(verb, "HELP")) {
         return {line("214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")};
     }
-    if (iequals(verb, "EXPN") || iequals(verb, "STARTTLS") || iequals(verb, "AUTH") ||
+    if (iequals(verb, "STARTTLS")) {
+        if (!settings_.tls_available) return error(line("502 5.5.1 Command not implemented"));
+        if (tls_active_) return error(line("503 5.5.1 Error: TLS already active"));
+        if (!trim(arg).empty()) return error(line("501 5.5.4 Syntax: STARTTLS"));
+        if (state_ == State::need_helo) return error(line("503 5.5.1 Error: send EHLO first"));
+        return {line("220 2.0.0 Ready to start TLS"), Action::start_tls};
+    }
+    if (iequals(verb, "EXPN") || iequals(verb, "AUTH") ||
         iequals(verb, "BDAT") || iequals(verb, "TURN") || iequals(verb, "ETRN")) {
         return error(line("502 5.5.1 Command not implemented"));
     }
@@ -149,6 +179,7 @@ Step Protocol::on_helo(std::string_view arg, bool extended) {
     reply += "250-SIZE " + std::to_string(settings_.max_message_bytes) + "\r\n";
     reply += "250-8BITMIME\r\n";
     reply += "250-SMTPUTF8\r\n";
+    if (settings_.tls_available && !tls_active_) reply += "250-STARTTLS\r\n";
     reply += "250 ENHANCEDSTATUSCODES\r\n";
     return {std::move(reply)};
 }
@@ -238,6 +269,8 @@ Step Protocol::on_data_end(DataOutcome outcome, std::string_view text) {
         case DataOutcome::discarded: return {line("250 2.0.0 Queued as " + std::string(text))};
         case DataOutcome::too_big:
             return {line("552 5.3.4 Message size exceeds fixed maximum message size")};
+        case DataOutcome::headers_too_big:
+            return {line("552 5.3.4 Message header section exceeds the fixed maximum size")};
         case DataOutcome::bare_lf:
             return {line("550 5.5.2 Message contains bare <LF> line ends, which this server refuses")};
         case DataOutcome::loop: return {line("554 5.4.6 Too many hops: mail loop detected")};

@@ -7,6 +7,7 @@
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <spdlog/spdlog.h>
 
 #include <stdexcept>
@@ -57,17 +58,49 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
         }
         boost::system::error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);
-        auto session = std::make_shared<Session>(std::move(socket), context_);
+        const auto endpoint = socket.remote_endpoint(ignored);
+        if (ignored) continue;  // already gone
+        auto address = endpoint.address();
+        if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+            address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+        }
+        std::string ip = address.to_string();
+        if (sessions_.size() >= context_.config.smtp_max_connections) {
+            refuse(std::move(socket), "421 4.7.0 Too many connections, try again later\r\n");
+            spdlog::warn("smtp client={} refused: {} connections open (SMTP_MAX_CONNECTIONS)", ip, sessions_.size());
+            continue;
+        }
+        auto& from_ip = per_ip_[ip];
+        if (from_ip >= context_.config.smtp_max_connections_per_ip) {
+            refuse(std::move(socket), "421 4.7.0 Too many connections from your address, try again later\r\n");
+            spdlog::info("smtp client={} refused: {} connections from it (SMTP_MAX_CONNECTIONS_PER_IP)", ip, from_ip);
+            continue;
+        }
+        ++from_ip;
+        auto session = std::make_shared<Session>(std::move(socket), context_, ip);
         sessions_.emplace(session.get(), session);
         // The lambda's capture keeps the session alive for as long as it runs.
         asio::co_spawn(
             io_, [session]() -> asio::awaitable<void> { co_await session->run(); },
-            [this, raw = session.get()](std::exception_ptr) { session_ended(raw); });
+            [this, raw = session.get(), ip = std::move(ip)](std::exception_ptr) { session_ended(raw, ip); });
     }
 }
 
-void Server::session_ended(Session* session) {
+void Server::refuse(tcp::socket socket, std::string_view why) {
+    // The reply fits in the socket buffer, so the write completes at once; the socket
+    // closes when the handler (which owns it) is done.
+    auto owned = std::make_shared<tcp::socket>(std::move(socket));
+    asio::async_write(*owned, asio::buffer(why.data(), why.size()),
+                      [owned](const boost::system::error_code&, std::size_t) {
+                          boost::system::error_code ignored;
+                          owned->shutdown(tcp::socket::shutdown_both, ignored);
+                          owned->close(ignored);
+                      });
+}
+
+void Server::session_ended(Session* session, const std::string& ip) {
     sessions_.erase(session);
+    if (auto it = per_ip_.find(ip); it != per_ip_.end() && --it->second == 0) per_ip_.erase(it);
     if (stopping_ && sessions_.empty() && on_idle_) {
         auto done = std::move(on_idle_);
         on_idle_ = nullptr;

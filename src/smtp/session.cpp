@@ -11,6 +11,7 @@
 #include <boost/asio/write.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 
@@ -32,16 +33,6 @@ constexpr auto kFinalReplyTimeout = std::chrono::seconds(10);
 // The reverse-DNS name is a courtesy for the trace header and meta.json: never wait long.
 constexpr auto kReverseLookupBound = std::chrono::seconds(3);
 
-std::string client_address(const asio::ip::tcp::socket& socket) {
-    boost::system::error_code ec;
-    auto address = socket.remote_endpoint(ec).address();
-    if (ec) return "unknown";
-    if (address.is_v6() && address.to_v6().is_v4_mapped()) {
-        address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
-    }
-    return address.to_string();
-}
-
 std::string endpoint_address_text(const asio::ip::tcp::endpoint& endpoint) {
     return endpoint.address().to_string();
 }
@@ -57,12 +48,13 @@ std::string joined(const std::vector<std::string>& items) {
 
 }  // namespace
 
-Session::Session(asio::ip::tcp::socket socket, SessionContext& context)
+Session::Session(asio::ip::tcp::socket socket, SessionContext& context, std::string client_ip)
     : socket_(std::move(socket)),
       context_(context),
       protocol_(context.protocol),
       watchdog_timer_(socket_.get_executor()),
-      client_ip_(client_address(socket_)) {}
+      session_deadline_(std::chrono::steady_clock::now() + context.config.smtp_max_session),
+      client_ip_(std::move(client_ip)) {}
 
 void Session::arm_deadline() { deadline_ = std::chrono::steady_clock::now() + context_.config.smtp_timeout; }
 
@@ -127,11 +119,14 @@ awaitable<void> Session::run() {
 awaitable<void> Session::watchdog() {
     auto self = shared_from_this();
     while (!closed_) {
-        watchdog_timer_.expires_at(deadline_);
+        // The per-operation deadline, but never past the bound on the whole session (a
+        // slow-drip client that sends a byte a minute is dropped all the same).
+        const auto due = [this] { return timed_out_ ? deadline_ : std::min(deadline_, session_deadline_); };
+        watchdog_timer_.expires_at(due());
         boost::system::error_code ec;
         co_await watchdog_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
         if (closed_) break;
-        if (std::chrono::steady_clock::now() < deadline_) continue;  // the deadline moved on
+        if (std::chrono::steady_clock::now() < due()) continue;  // the deadline moved on
         if (timed_out_) {  // not even the timeout reply could be written
             socket_.close(ec);
             break;
@@ -151,8 +146,9 @@ awaitable<bool> Session::read_more() {
     if (rlen_ == rbuf_.size()) co_return true;  // caller consumes before reading again
     arm_deadline();
     boost::system::error_code ec;
-    const std::size_t n = co_await socket_.async_read_some(asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_),
-                                                           asio::redirect_error(use_awaitable, ec));
+    const auto space = asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_);
+    const std::size_t n = tls_ ? co_await tls_->async_read_some(space, asio::redirect_error(use_awaitable, ec))
+                               : co_await socket_.async_read_some(space, asio::redirect_error(use_awaitable, ec));
     if (ec) co_return false;
     rlen_ += n;
     co_return true;
@@ -163,7 +159,8 @@ awaitable<void> Session::flush() {
     if (!timed_out_) arm_deadline();
     std::string data;
     data.swap(out_);
-    co_await asio::async_write(socket_, asio::buffer(data), use_awaitable);
+    if (tls_) co_await asio::async_write(*tls_, asio::buffer(data), use_awaitable);
+    else co_await asio::async_write(socket_, asio::buffer(data), use_awaitable);
 }
 
 awaitable<void> Session::close_with(std::string_view reply) {
@@ -208,6 +205,15 @@ awaitable<void> Session::serve() {
             step = protocol_.on_line(line);
         }
 
+        if (step->action == Action::start_tls) {
+            // RFC 3207 / CVE-2011-0411: whatever the client pipelined behind STARTTLS was
+            // sent in clear and is thrown away, never executed inside the TLS session.
+            rpos_ = rlen_ = 0;
+            out_ += step->reply;
+            co_await flush();
+            if (!co_await start_tls()) co_return;
+            continue;
+        }
         if (step->action == Action::start_data) {
             auto end = co_await receive_message(step->reply);
             if (!end) co_return;  // connection lost or timed out inside DATA
@@ -230,6 +236,23 @@ awaitable<void> Session::serve() {
 
 namespace mxhook::smtp {
 
+awaitable<bool> Session::start_tls() {
+    tls_context_ = context_.tls->current();
+    tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_context_);
+    arm_deadline();
+    boost::system::error_code ec;
+    co_await tls_->async_handshake(asio::ssl::stream_base::server, asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+        // Scanners and broken clients fail handshakes all day: worth a line, not an alarm.
+        spdlog::info("smtp client={} TLS handshake failed: {}", client_ip_, ec.message());
+        co_return false;
+    }
+    protocol_.on_tls_started();
+    tls_description_ = describe_tls(tls_->native_handle());
+    spdlog::debug("smtp client={} TLS established: {}", client_ip_, tls_description_);
+    co_return true;
+}
+
 awaitable<void> Session::discard(spool::TmpItem& item) {
     auto& spool = context_.spool;
     co_await run_blocking(context_.pool, [&spool, &item] { spool.discard(item); });
@@ -245,11 +268,10 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
     // One log line per transaction, and the reply; `ids` are the queued spool items.
     auto finish = [&](DataOutcome outcome, std::size_t size, const std::string& detail = {}) {
         const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
-        static constexpr const char* names[] = {"queued",    "too-big", "bare-lf",   "local-error",
-                                                "mail-loop", "denied",  "discarded", "decision-unavailable"};
-        spdlog::info("smtp client={} helo={} sender=<{}> recipients={} size={} id={} outcome={}{}{} ms={}", client_ip_,
-                     protocol_.helo(), envelope.sender, joined(envelope.recipients), size, id,
-                     names[static_cast<int>(outcome)], detail.empty() ? "" : " detail=", detail, ms.count());
+        spdlog::info("smtp client={} helo={} sender=<{}> recipients={} size={} id={} outcome={}{}{}{} ms={}",
+                     client_ip_, protocol_.helo(), envelope.sender, joined(envelope.recipients), size, id,
+                     outcome_name(outcome), protocol_.tls_active() ? " tls=yes" : "", detail.empty() ? "" : " detail=",
+                     detail, ms.count());
         return std::optional<Step>(protocol_.on_data_end(outcome, outcome == DataOutcome::denied ? detail : id));
     };
 
@@ -277,13 +299,16 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
     trace.client_ip = client_ip_;
     trace.client_host = client_host_;
     trace.by_host = context_.config.smtp_hostname;
-    trace.protocol = protocol_.esmtp() ? "ESMTP" : "SMTP";
+    // RFC 3848: ESMTPS when the message came over STARTTLS.
+    trace.protocol = std::string(protocol_.esmtp() ? "ESMTP" : "SMTP") + (protocol_.tls_active() ? "S" : "");
+    trace.tls = tls_description_;
     trace.id = id;
     if (envelope.recipients.size() == 1) trace.recipient = envelope.recipients.front();
     trace.when = std::chrono::system_clock::now();
 
     std::string pending = mail::received_header(trace);
-    mail::HeaderCollector header_section;
+    // Bounded: the client's header section may take max_header_bytes after our trace header.
+    mail::HeaderCollector header_section(pending.size() + context_.protocol.max_header_bytes);
     header_section.feed(pending);
 
     DataDecoder decoder;
@@ -319,14 +344,19 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
     }
 
     const bool refuse_bare_lf = decoder.saw_bare_lf() && context_.config.smtp_bare_lf == BareLfPolicy::reject;
-    auto headers = mail::parse_headers(header_section.section());
+    const auto& section = header_section.section();
+    const bool headers_too_big = header_section.truncated() ||
+                                 static_cast<std::size_t>(std::count(section.begin(), section.end(), '\n')) >
+                                     context_.protocol.max_header_lines;
+    auto headers = mail::parse_headers(section);
     const bool loop = mail::count_headers(headers, "Received") > context_.protocol.max_received_headers + 1;
-    if (too_big || write_failed || refuse_bare_lf || loop) {
+    if (too_big || headers_too_big || write_failed || refuse_bare_lf || loop) {
         co_await discard(item);
-        co_return finish(too_big          ? DataOutcome::too_big
-                         : write_failed   ? DataOutcome::local_error
-                         : refuse_bare_lf ? DataOutcome::bare_lf
-                                          : DataOutcome::loop,
+        co_return finish(too_big           ? DataOutcome::too_big
+                         : headers_too_big ? DataOutcome::headers_too_big
+                         : write_failed    ? DataOutcome::local_error
+                         : refuse_bare_lf  ? DataOutcome::bare_lf
+                                           : DataOutcome::loop,
                          size);
     }
 

@@ -15,11 +15,12 @@ struct TraceInfo {
     std::string protocol = "ESMTP";  // "ESMTP", "SMTP" (HELO), later "ESMTPS"
     std::string id;            // spool id
     std::string recipient;     // set only when the message has exactly one recipient
+    std::string tls;           // e.g. "using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"; "" in clear
     std::chrono::system_clock::time_point when;
 };
 
 // The full header, folded, ending in CRLF:
-// "Received: from helo (host [ip])\r\n\tby host (mxhook) with ESMTP id ID\r\n\tfor <rcpt>; date\r\n"
+// "Received: from helo (host [ip])\r\n\t[(tls)\r\n\t]by host (mxhook) with ESMTP id ID\r\n\tfor <rcpt>; date\r\n"
 std::string received_header(const TraceInfo& info);
 
 // RFC 5322 date-time in UTC: "Wed, 25 Nov 2026 17:03:14 +0000".

@@ -19,6 +19,9 @@ struct ProtocolSettings {
     std::vector<std::string> accepted_domains;  // lower-case
     std::size_t max_errors = 20;                // hard error limit: 421 and close
     std::size_t max_received_headers = 100;     // more means a mail loop: 554 5.4.6
+    std::size_t max_header_bytes = 1048576;     // header section bounds: 552 5.3.4
+    std::size_t max_header_lines = 10000;
+    bool tls_available = false;                 // STARTTLS offered (certificate configured)
 };
 
 // What the client has told us about the message being sent.
@@ -32,6 +35,7 @@ struct Envelope {
 enum class Action {
     none,        // send the reply (if any) and read the next command
     start_data,  // send the 354 reply, then read the message with the DATA decoder
+    start_tls,   // send the 220 reply, drop any pipelined input, run the TLS handshake
     close,       // send the reply, then close the connection
 };
 
@@ -44,6 +48,7 @@ struct Step {
 enum class DataOutcome {
     queued,          // committed to the spool (id given)
     too_big,         // more than max_message_bytes arrived
+    headers_too_big, // the header section is over its byte or line bound
     bare_lf,         // a bare LF line end arrived and SMTP_BARE_LF=reject
     local_error,     // the spool failed (disk full, fsync error...)
     loop,            // more Received: headers than max_received_headers (a mail loop)
@@ -51,6 +56,9 @@ enum class DataOutcome {
     discarded,       // the decision API said silent_deny: answered as if queued
     decision_unavailable,  // the decision API could not be asked or gave no valid answer
 };
+
+// A short name for logs ("queued", "too-big", ...).
+const char* outcome_name(DataOutcome outcome);
 
 class Protocol {
 public:
@@ -64,6 +72,10 @@ public:
     // Ends the DATA phase started by Action::start_data and resets the transaction.
     // `text` is the id for queued/discarded and the reason shown for denied.
     Step on_data_end(DataOutcome outcome, std::string_view text = {});
+    // The TLS handshake succeeded: everything known about the client is forgotten and a
+    // new EHLO is required (RFC 3207 4.2).
+    void on_tls_started();
+    bool tls_active() const { return tls_active_; }
     // The reply sent to every client when the server shuts down.
     static std::string_view shutdown_reply();
     static std::string_view timeout_reply();
@@ -88,6 +100,7 @@ private:
     State state_ = State::need_helo;
     std::string helo_;
     bool esmtp_ = false;
+    bool tls_active_ = false;
     Envelope envelope_;
     std::size_t errors_ = 0;
 };

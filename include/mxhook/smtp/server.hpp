@@ -11,6 +11,8 @@
 
 #include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -30,12 +32,15 @@ public:
 
 private:
     boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
-    void session_ended(Session* session);
+    void session_ended(Session* session, const std::string& ip);
+    // Over SMTP_MAX_CONNECTIONS or SMTP_MAX_CONNECTIONS_PER_IP: 421 and close.
+    void refuse(boost::asio::ip::tcp::socket socket, std::string_view why);
 
     boost::asio::io_context& io_;
     SessionContext& context_;
     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
     std::unordered_map<Session*, std::weak_ptr<Session>> sessions_;
+    std::unordered_map<std::string, std::size_t> per_ip_;  // open sessions by client address
     std::function<void()> on_idle_;
     bool stopping_ = false;
 };

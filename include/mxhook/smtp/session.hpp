@@ -7,10 +7,12 @@
 #include "mxhook/decision/client.hpp"
 #include "mxhook/smtp/data_decoder.hpp"
 #include "mxhook/smtp/protocol.hpp"
+#include "mxhook/smtp/tls.hpp"
 #include "mxhook/spool/spool.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 
@@ -33,11 +35,13 @@ struct SessionContext {
     boost::asio::thread_pool& pool;
     std::function<void(const std::string& id)> on_queued;  // called on the io thread after 250
     decision::Client* decision = nullptr;                  // asked before commit when enabled
+    TlsCredentials* tls = nullptr;                         // STARTTLS offered when set
 };
 
 class Session : public std::enable_shared_from_this<Session> {
 public:
-    Session(boost::asio::ip::tcp::socket socket, SessionContext& context);
+    // client_ip: the peer's address as text (IPv4-mapped IPv6 shown as IPv4).
+    Session(boost::asio::ip::tcp::socket socket, SessionContext& context, std::string client_ip);
 
     boost::asio::awaitable<void> run();
     // Server shutdown: an idle session answers 421 and closes at once; a session in
@@ -59,6 +63,8 @@ private:
     // Commits the item: one spool item, or one per recipient in "each" mode. Returns the ids.
     boost::asio::awaitable<std::vector<std::string>> commit(spool::TmpItem& item, const spool::Meta& meta);
     boost::asio::awaitable<void> close_with(std::string_view reply);
+    // Runs the handshake after "220 Ready to start TLS"; false when it failed.
+    boost::asio::awaitable<bool> start_tls();
     void arm_deadline();
     void lookup_client_host();
     std::size_t available() const { return rlen_ - rpos_; }
@@ -67,7 +73,11 @@ private:
     SessionContext& context_;
     Protocol protocol_;
     boost::asio::steady_timer watchdog_timer_;
-    std::chrono::steady_clock::time_point deadline_;
+    std::chrono::steady_clock::time_point deadline_;          // of the read or write under way
+    std::chrono::steady_clock::time_point session_deadline_;  // SMTP_MAX_SESSION_MS from the start
+    std::shared_ptr<boost::asio::ssl::context> tls_context_;  // kept alive while tls_ uses it
+    std::unique_ptr<boost::asio::ssl::stream<boost::asio::ip::tcp::socket&>> tls_;
+    std::string tls_description_;
     std::string client_ip_;
     std::string client_host_;              // reverse-DNS name once known, else ""
     std::string out_;                      // replies not yet written

@@ -94,7 +94,11 @@ void TestWebhook::start() {
 
 void TestWebhook::stop() {
     if (listen_fd_ < 0) return;
-    stopping_ = true;
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    stopped_.notify_all();
     if (acceptor_.joinable()) acceptor_.join();
     ::close(listen_fd_);
     listen_fd_ = -1;
@@ -113,6 +117,21 @@ void TestWebhook::stop() {
 void TestWebhook::respond_with(Responder responder) {
     std::lock_guard lock(mutex_);
     responder_ = std::move(responder);
+}
+
+void TestWebhook::reply_with(ReplyResponder responder) {
+    std::lock_guard lock(mutex_);
+    reply_responder_ = std::move(responder);
+}
+
+void TestWebhook::reply_json(std::string json, unsigned status) {
+    reply_with([json = std::move(json), status](const WebhookRequest&) {
+        WebhookReply reply;
+        reply.status = status;
+        reply.body = json;
+        reply.content_type = "application/json";
+        return reply;
+    });
 }
 
 void TestWebhook::queue_statuses(std::initializer_list<unsigned> statuses) {
@@ -147,18 +166,24 @@ void TestWebhook::accept_loop(int listen_fd) {
     }
 }
 
-unsigned TestWebhook::status_for(const WebhookRequest& request) {
+WebhookReply TestWebhook::reply_for(const WebhookRequest& request) {
     Responder responder;
+    ReplyResponder reply_responder;
     {
         std::lock_guard lock(mutex_);
         if (!queued_.empty()) {
-            const unsigned status = queued_.front();
+            WebhookReply reply;
+            reply.status = queued_.front();
             queued_.pop_front();
-            return status;
+            return reply;
         }
         responder = responder_;
+        reply_responder = reply_responder_;
     }
-    return responder ? responder(request) : 200;
+    if (reply_responder) return reply_responder(request);
+    WebhookReply reply;
+    reply.status = responder ? responder(request) : 200;
+    return reply;
 }
 
 void TestWebhook::serve(int fd) {
@@ -195,19 +220,26 @@ void TestWebhook::serve(int fd) {
         } catch (const std::exception& e) {
             request.form_error = e.what();
         }
-        request.status = status_for(request);
+        const WebhookReply reply = reply_for(request);
+        request.status = reply.status;
         const bool keep_alive = message.keep_alive();
         {
             std::lock_guard lock(mutex_);
             requests_.push_back(request);
         }
         received_.notify_all();
+        if (reply.delay.count() > 0) {
+            std::unique_lock lock(mutex_);
+            stopped_.wait_for(lock, reply.delay, [this] { return stopping_.load(); });
+        }
 
         http::response<http::string_body> response{static_cast<http::status>(request.status), 11};
-        response.set(http::field::content_type, "text/plain");
+        response.set(http::field::content_type, reply.content_type);
         // 1xx, 204 and 304 carry no body (Beast refuses to frame one).
         const bool bodyless = request.status < 200 || request.status == 204 || request.status == 304;
-        if (!bodyless) response.body() = "status " + std::to_string(request.status) + "\n";
+        if (!bodyless) {
+            response.body() = reply.body.empty() ? "status " + std::to_string(request.status) + "\n" : reply.body;
+        }
         response.keep_alive(keep_alive);
         response.prepare_payload();
         http::write(socket, response, ec);

@@ -2,7 +2,7 @@
 // TestWebhook: the HTTP endpoint mxhook posts to, on 127.0.0.1 and a port of its own.
 // Each connection is served by a thread with Beast's synchronous API; every request is
 // recorded (target, headers, raw body and the body decoded as a form) and answered with a
-// programmable status. The server can be stopped and started again on the same port to
+// programmable status, or a whole programmable answer (status, body, content type, delay). The server can be stopped and started again on the same port to
 // play a webhook that is down.
 
 #include "harness/form.hpp"
@@ -43,9 +43,19 @@ struct WebhookRequest {
     bool has_field(std::string_view name) const;
 };
 
+// A whole programmable answer (used to play a decision API): status, body, content type,
+// and a delay before answering (cut short when the server stops).
+struct WebhookReply {
+    unsigned status = 200;
+    std::string body;                       // empty: "status <N>\n"
+    std::string content_type = "text/plain";
+    std::chrono::milliseconds delay{0};
+};
+
 class TestWebhook {
 public:
     using Responder = std::function<unsigned(const WebhookRequest&)>;
+    using ReplyResponder = std::function<WebhookReply(const WebhookRequest&)>;
 
     TestWebhook();   // listening on a fresh port
     ~TestWebhook();
@@ -64,6 +74,10 @@ public:
     // Status for each request: queued statuses first (one each), then the responder; 200
     // when neither says otherwise.
     void respond_with(Responder responder);
+    // A full answer for each request (after the queued statuses); replaces respond_with().
+    void reply_with(ReplyResponder responder);
+    // Every request answers 200 with this JSON body (Content-Type: application/json).
+    void reply_json(std::string json, unsigned status = 200);
     void queue_statuses(std::initializer_list<unsigned> statuses);
 
     // Blocks until at least n requests were received or the timeout passes.
@@ -74,7 +88,7 @@ public:
 private:
     void accept_loop(int listen_fd);
     void serve(int fd);
-    unsigned status_for(const WebhookRequest& request);
+    WebhookReply reply_for(const WebhookRequest& request);
 
     unsigned short port_ = 0;
     int listen_fd_ = -1;
@@ -86,6 +100,8 @@ private:
     std::vector<WebhookRequest> requests_;
     std::deque<unsigned> queued_;
     Responder responder_;
+    ReplyResponder reply_responder_;
+    std::condition_variable stopped_;   // wakes delayed answers when the server stops
     std::set<int> open_fds_;
     std::vector<std::thread> connections_;
 };
