@@ -41,9 +41,13 @@ int run(const Config& config) {
     spool::Spool spool({config.spool_tmp_dir, config.spool_pending_dir, config.spool_processing_dir,
                         config.spool_dead_dir});
     spool.ensure_dirs();
-    const auto recovered = spool.recover();
+    const auto recovered = spool.recover(config.max_interrupted_attempts);
     spdlog::info("spool: {} ready; {} item(s) back from processing, {} unacknowledged tmp item(s) removed",
                  config.spool_dir.string(), recovered.requeued, recovered.removed_tmp);
+    if (recovered.poisoned > 0) {
+        spdlog::error("spool: {} item(s) dead-lettered after {} interrupted delivery attempts (see dead/*/error.txt)",
+                      recovered.poisoned, config.max_interrupted_attempts);
+    }
 
     boost::asio::io_context io(1);
     boost::asio::thread_pool pool(kWorkerThreads);

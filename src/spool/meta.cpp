@@ -192,6 +192,7 @@ std::string to_json(const Meta& meta) {
     // JavaScript adds these after the first failed attempt, so they come last.
     if (meta.last_attempt_at) j["lastAttemptAt"] = iso8601(*meta.last_attempt_at);
     if (meta.last_error) j["lastError"] = *meta.last_error;
+    if (meta.interrupted_attempts > 0) j["interruptedAttempts"] = meta.interrupted_attempts;
 
     // Header values are raw message bytes and need not be UTF-8; replacing bad bytes with
     // U+FFFD (what Node does when it decodes them) beats failing to spool the message.
@@ -225,6 +226,11 @@ Meta parse_meta(std::string_view json) {
     if (const Json* e = find(j, "lastError"); e != nullptr && !e->is_null()) {
         if (!e->is_string()) fail("\"lastError\" must be a string");
         meta.last_error = e->get<std::string>();
+    }
+    if (const Json* n = find(j, "interruptedAttempts"); n != nullptr && !n->is_null()) {
+        if (!n->is_number_integer() || n->get<std::int64_t>() < 0)
+            fail("\"interruptedAttempts\" must be a non-negative integer");
+        meta.interrupted_attempts = n->get<std::int64_t>();
     }
     return meta;
 }

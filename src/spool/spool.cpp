@@ -279,7 +279,7 @@ void Spool::ensure_dirs() const {
     }
 }
 
-RecoveryReport Spool::recover() const {
+RecoveryReport Spool::recover(std::int64_t max_interrupted) const {
     RecoveryReport report;
     // Attempts cut short by a stop or crash go back to pending/ to be tried again. When
     // pending/<id> exists too, the rename fails rather than replace it; the copy stays in
@@ -287,6 +287,25 @@ RecoveryReport Spool::recover() const {
     for (const std::string& id : list_dir(layout_.processing, Entries::item_dirs)) {
         const fs::path from = layout_.processing / id;
         const fs::path to = layout_.pending / id;
+        // Count the interruption. An item that keeps being in flight when the daemon dies
+        // is likely what kills it: after max_interrupted it is set aside, never retried.
+        // (An unreadable meta.json is left to the dispatcher, which dead-letters it.)
+        std::optional<Meta> meta;
+        try {
+            meta = parse_meta(read_file(from / kMetaFile));
+        } catch (const std::runtime_error&) {
+        }
+        if (meta) {
+            meta->interrupted_attempts += 1;
+            if (meta->interrupted_attempts >= max_interrupted) {
+                meta->last_error = "delivery interrupted " + std::to_string(meta->interrupted_attempts) +
+                                   " times (the daemon stopped or crashed during the attempt)";
+                dead_letter(id, &*meta, *meta->last_error + ": set aside as a possible poison message");
+                ++report.poisoned;
+                continue;
+            }
+            replace_file_durable(from / kMetaFile, to_json(*meta));
+        }
         if (::rename(from.c_str(), to.c_str()) == 0) {
             ++report.requeued;
             continue;

@@ -189,6 +189,7 @@ TEST_F(DecisionTest, AllowCommitsAndDeliversAfterAnExactMinimalRequest) {
             return meta.has_value() || hook_.count() >= 2;
         },
         std::chrono::seconds(10));
+    EXPECT_TRUE(meta.has_value()) << "meta.json of " << id << " was never readable";
     if (meta) {
         EXPECT_EQ((*meta)["createdAt"], created_at);
         EXPECT_EQ((*meta)["sender"], message["sender"]);

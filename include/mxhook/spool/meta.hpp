@@ -34,6 +34,10 @@ struct Meta {
     Remote remote;
     std::optional<Clock::time_point> last_attempt_at;   // written after the first attempt
     std::optional<std::string> last_error;
+    // mxhook only ("interruptedAttempts", written when > 0): attempts cut short by a stop
+    // or crash of the daemon, counted at start-up so a poison message is dead-lettered
+    // instead of making the daemon crash-loop. haraka-webhook ignores the field.
+    std::int64_t interrupted_attempts = 0;
 };
 
 // ISO-8601 UTC with milliseconds: "2026-11-25T17:03:14.123Z" (JavaScript's toISOString).

@@ -56,6 +56,7 @@ private:
 
 struct RecoveryReport {
     std::size_t requeued = 0;      // processing/* moved back to pending/
+    std::size_t poisoned = 0;      // processing/* dead-lettered: interrupted too often
     std::size_t removed_tmp = 0;   // stale tmp/* removed (never acknowledged)
 };
 
@@ -66,8 +67,10 @@ public:
 
     // Creates the four directories (0700) if missing. Throws SpoolError.
     void ensure_dirs() const;
-    // Start-up recovery: processing/* back to pending/, stale tmp/* removed.
-    RecoveryReport recover() const;
+    // Start-up recovery: processing/* back to pending/ (each counts an interrupted attempt
+    // in its meta.json; at max_interrupted it goes to dead/ with error.txt instead: a
+    // poison message), stale tmp/* removed.
+    RecoveryReport recover(std::int64_t max_interrupted = 3) const;
 
     // --- receiving (smtp session) ---
     // mkdir tmp/<id>, create message.eml exclusively.
