@@ -2,6 +2,7 @@
 
 #include "mxhook/config.hpp"
 #include "mxhook/decision/client.hpp"
+#include "mxhook/healthcheck.hpp"
 #include "mxhook/http/client.hpp"
 #include "mxhook/smtp/server.hpp"
 #include "mxhook/smtp/tls.hpp"
@@ -139,8 +140,13 @@ int run(const Config& config) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
+    const std::string command = argc > 1 ? argv[1] : "";
+    if (!command.empty() && command != "healthcheck") {
+        std::cerr << "usage: mxhook [healthcheck]   (configuration comes from the environment; see README)\n";
+        return 2;
+    }
     Config config;
     try {
         config = load_config(process_env());
@@ -148,6 +154,7 @@ int main() {
         std::cerr << "mxhook: configuration error: " << e.what() << std::endl;
         return 2;
     }
+    if (command == "healthcheck") return run_healthcheck(config.smtp_listen, std::chrono::seconds(5));
     setup_logging(config);
     try {
         return run(config);

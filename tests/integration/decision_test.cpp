@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <csignal>
 #include <chrono>
 #include <future>
 #include <regex>
@@ -463,6 +464,66 @@ TEST_F(DecisionTest, BadPayloadModeStopsTheStart) {
     ASSERT_TRUE(status.has_value()) << "mxhook kept running with WEBHOOK_DECISION_PAYLOAD_MODE=bogus";
     EXPECT_TRUE(status->exited() && status->code() != 0) << status->describe();
     EXPECT_NE(d.log().find("WEBHOOK_DECISION_PAYLOAD_MODE"), std::string::npos) << d.log();
+}
+
+TEST_F(DecisionTest, NullSenderIsAnEmptyString) {
+    decider_.reply_json(R"({"decision":"allow"})");
+    ASSERT_TRUE(start_with_decision());
+    auto client = connect();
+    ASSERT_EQ(client->cmd("HELO plain.helo.test").code, 250);
+    const Reply reply = client->send_message("", {"user@example.com"}, simple_message("bounce"));
+    ASSERT_EQ(reply.code, 250) << reply;
+    const auto body = decision_body(0);
+    ASSERT_TRUE(body.has_value());
+    EXPECT_EQ((*body)["message"]["sender"], "");
+    EXPECT_EQ((*body)["message"]["remote"]["helo"], "plain.helo.test");
+}
+
+TEST_F(DecisionTest, MessagesRefusedByMxhookItselfAreNotAsked) {
+    decider_.reply_json(R"({"decision":"allow"})");
+    ASSERT_TRUE(start_with_decision({{"SMTP_MAX_MESSAGE_BYTES", "2000"}}));
+    auto client = connect();
+    ASSERT_EQ(client->ehlo().code, 250);
+    const Reply reply = client->send_message("sender@example.org", {"user@example.com"},
+                                             simple_message("big", std::string(5000, 'x') + "\r\n"));
+    EXPECT_EQ(reply.code, 552) << reply;
+    EXPECT_EQ(decider_.count(), 0u);
+    expect_spool_empty("after 552");
+    expect_only_later_message_delivered(*client, "the oversized message");
+}
+
+// --- shutdown while waiting -------------------------------------------------------------------------
+
+TEST_F(DecisionTest, ShutdownWhileWaitingForADecisionKeepsTheReplyTruthful) {
+    // SIGTERM arrives while a session waits for its answer, which comes within the grace.
+    decider_.reply_with([](const WebhookRequest&) {
+        WebhookReply r;
+        r.body = R"({"decision":"allow"})";
+        r.content_type = "application/json";
+        r.delay = std::chrono::milliseconds(800);
+        return r;
+    });
+    ASSERT_TRUE(start_with_decision({{"SHUTDOWN_GRACE_MS", "5000"}}));
+    auto client = connect();
+    ASSERT_EQ(client->ehlo().code, 250);
+    auto pending_reply = std::async(std::launch::async, [&] { return send(*client, "during shutdown"); });
+    ASSERT_TRUE(decider_.wait_for(1, std::chrono::seconds(10)));
+    daemon().signal(SIGTERM);
+    const Reply reply = pending_reply.get();
+    const auto status = daemon().wait_exit(std::chrono::seconds(15));
+    ASSERT_TRUE(status.has_value()) << "mxhook did not exit after SIGTERM";
+    EXPECT_TRUE(status->exited() && status->code() == 0) << status->describe();
+
+    // The transaction in DATA finishes: allowed within the grace, so 250 and durable.
+    EXPECT_EQ(reply.code, 250) << reply;
+    const std::string id = queued_id(reply);
+    if (!id.empty()) {
+        const bool kept = !list_dir(pending_dir()).empty() || request_for(id, std::chrono::milliseconds(0)).has_value();
+        EXPECT_TRUE(kept) << "250 was answered but the message is neither spooled nor delivered";
+    } else {
+        expect_spool_empty("a refused message");
+    }
+    EXPECT_TRUE(list_dir(tmp_spool_dir()).empty());
 }
 
 // --- with WEBHOOK_RECIPIENT_MODE=each --------------------------------------------------------------
