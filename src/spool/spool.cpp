@@ -271,7 +271,10 @@ TmpItem::~TmpItem() {
 
 // --- Spool: set-up --------------------------------------------------------------------------
 
-Spool::Spool(Layout layout) : layout_(std::move(layout)) {}
+Spool::Spool(Layout layout)
+    : layout_(std::move(layout)),
+      pending_sync_(std::make_shared<GroupSync>(layout_.pending, sync_dir)),
+      processing_sync_(std::make_shared<GroupSync>(layout_.processing, sync_dir)) {}
 
 void Spool::ensure_dirs() const {
     for (const fs::path* dir : {&layout_.tmp, &layout_.pending, &layout_.processing, &layout_.dead}) {
@@ -399,7 +402,7 @@ void Spool::commit(TmpItem& item, const std::vector<Meta>& metas) const {
             rename_dir(from, to);
             published.emplace_back(from, to);
         }
-        sync_dir(layout_.pending);
+        pending_sync_->sync();
     } catch (...) {
         // (If the dispatcher claimed one in this instant, its rename back fails and that
         // message arrives twice: never lost.)
@@ -441,7 +444,7 @@ bool Spool::claim(const std::string& id) const {
         throw_error(err, "rename " + from.string() + " to", to);
     }
     try {
-        sync_dir(layout_.processing);
+        processing_sync_->sync();
     } catch (...) {
         // Put it back so it is retried without waiting for a restart; recover() handles a crash.
         ::rename(to.c_str(), from.c_str());
@@ -464,7 +467,7 @@ std::vector<std::string> Spool::list_processing() const {
 
 void Spool::unclaim(const std::string& id) const {
     rename_dir(item_dir(layout_.processing, id), item_dir(layout_.pending, id));
-    sync_dir(layout_.pending);
+    pending_sync_->sync();
 }
 
 void Spool::remove(const std::string& id) const {
@@ -479,7 +482,7 @@ void Spool::remove(const std::string& id) const {
         // Make the removal durable too, or a crash could bring a delivered item back
         // (to be delivered twice). Best effort: the delivery itself has succeeded.
         try {
-            sync_dir(layout_.processing);
+            processing_sync_->sync();
         } catch (...) {
         }
         return;
@@ -492,7 +495,7 @@ void Spool::release(const std::string& id, const Meta& meta) const {
     replace_file_durable(dir / kMetaFile, to_json(meta));
     sync_dir(dir);
     rename_dir(dir, item_dir(layout_.pending, id));
-    sync_dir(layout_.pending);
+    pending_sync_->sync();
 }
 
 void Spool::dead_letter(const std::string& id, const Meta* meta, std::string_view reason) const {

@@ -6,10 +6,12 @@
 // Durability rule: a rename into a directory is followed by an fsync of that directory
 // before anyone acts on the move; files are fsynced before the rename that publishes them.
 
+#include "mxhook/spool/group_sync.hpp"
 #include "mxhook/spool/meta.hpp"
 
 #include <cstddef>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -113,6 +115,9 @@ public:
 
 private:
     Layout layout_;
+    // Commits and claims from several pool threads share fsyncs of these directories.
+    std::shared_ptr<GroupSync> pending_sync_;
+    std::shared_ptr<GroupSync> processing_sync_;
 };
 
 // Fault injection for unit tests only: the failures that matter most (a failed fsync after
