@@ -139,7 +139,12 @@ std::string read_file(const fs::path& path) {
     }
 }
 
+// Never replaces what is already at `to` (rename(2) would silently replace an empty
+// directory): ids are unique, so a name taken there is a fault to report, not to paper over.
 void rename_dir(const fs::path& from, const fs::path& to) {
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return;
+    if (errno != EINVAL && errno != ENOSYS) throw_errno("rename " + from.string() + " to", to);
+    // A filesystem without RENAME_NOREPLACE: plain rename still refuses a non-empty target.
     if (::rename(from.c_str(), to.c_str()) != 0) throw_errno("rename " + from.string() + " to", to);
 }
 
