@@ -39,6 +39,17 @@ void setup_logging(const Config& config) {
 }
 
 int run(const Config& config) {
+    boost::asio::io_context io(1);
+    // The certificate first: a pair that does not load stops the start before anything
+    // touches the spool.
+    std::unique_ptr<smtp::TlsCredentials> tls;
+    if (!config.smtp_tls_cert_path.empty()) {
+        tls = std::make_unique<smtp::TlsCredentials>(io, config.smtp_tls_cert_path, config.smtp_tls_key_path,
+                                                     config.smtp_tls_watch_interval);
+        tls->watch();
+        spdlog::info("tls: STARTTLS offered with {}", config.smtp_tls_cert_path);
+    }
+
     spool::Spool spool({config.spool_tmp_dir, config.spool_pending_dir, config.spool_processing_dir,
                         config.spool_dead_dir});
     spool.ensure_dirs();
@@ -50,19 +61,10 @@ int run(const Config& config) {
                       recovered.poisoned, config.max_interrupted_attempts);
     }
 
-    boost::asio::io_context io(1);
     boost::asio::thread_pool pool(kWorkerThreads);
     http::Client client(io);
     webhook::Dispatcher dispatcher(io, pool, spool, client, config);
     decision::Client decision(client, config);
-
-    std::unique_ptr<smtp::TlsCredentials> tls;
-    if (!config.smtp_tls_cert_path.empty()) {
-        tls = std::make_unique<smtp::TlsCredentials>(io, config.smtp_tls_cert_path, config.smtp_tls_key_path,
-                                                     config.smtp_tls_watch_interval);
-        tls->watch();
-        spdlog::info("tls: STARTTLS offered with {}", config.smtp_tls_cert_path);
-    }
 
     smtp::ProtocolSettings protocol;
     protocol.hostname = config.smtp_hostname;

@@ -307,6 +307,7 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
     trace.when = std::chrono::system_clock::now();
 
     std::string pending = mail::received_header(trace);
+    const auto trace_lines = static_cast<std::size_t>(std::count(pending.begin(), pending.end(), '\n'));
     // Bounded: the client's header section may take max_header_bytes after our trace header.
     mail::HeaderCollector header_section(pending.size() + context_.protocol.max_header_bytes);
     header_section.feed(pending);
@@ -345,9 +346,10 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
 
     const bool refuse_bare_lf = decoder.saw_bare_lf() && context_.config.smtp_bare_lf == BareLfPolicy::reject;
     const auto& section = header_section.section();
-    const bool headers_too_big = header_section.truncated() ||
-                                 static_cast<std::size_t>(std::count(section.begin(), section.end(), '\n')) >
-                                     context_.protocol.max_header_lines;
+    // The client's own lines only: not our trace header, not the empty line that ends the section.
+    const auto section_lines = static_cast<std::size_t>(std::count(section.begin(), section.end(), '\n'));
+    const std::size_t client_lines = section_lines - trace_lines - (header_section.done() ? 1 : 0);
+    const bool headers_too_big = header_section.truncated() || client_lines > context_.protocol.max_header_lines;
     auto headers = mail::parse_headers(section);
     const bool loop = mail::count_headers(headers, "Received") > context_.protocol.max_received_headers + 1;
     if (too_big || headers_too_big || write_failed || refuse_bare_lf || loop) {

@@ -4,6 +4,7 @@
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
@@ -46,6 +47,12 @@ std::shared_ptr<ssl::context> make_tls_context(const std::string& cert_path, con
                           "\": " + openssl_error());
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key_path.c_str(), SSL_FILETYPE_PEM) != 1) {
+        // OpenSSL already compares the key with the certificate here; say so plainly.
+        if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+            ERR_clear_error();
+            throw ConfigError("SMTP_TLS_KEY_PATH: the key in \"" + key_path +
+                              "\" does not match the certificate in SMTP_TLS_CERT_PATH");
+        }
         throw ConfigError("SMTP_TLS_KEY_PATH: cannot load a PEM private key from \"" + key_path +
                           "\": " + openssl_error());
     }

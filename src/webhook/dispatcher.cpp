@@ -118,7 +118,7 @@ awaitable<void> Dispatcher::scan_once() {
 // An item in processing/ that no delivery owns was left there by an attempt that could
 // not finish (a spool error after the claim). Give it back to pending/ rather than wait
 // for a restart. Only ids that are not busy now: those cannot be claimed again until they
-// are back in pending/, so nothing races with this.
+// are back in pending/. One whose delivery ended after the listing is simply gone.
 awaitable<void> Dispatcher::sweep_processing(const std::vector<std::string>& in_processing) {
     for (const auto& id : in_processing) {
         if (busy_.count(id) != 0 || stopping_) continue;
@@ -126,8 +126,11 @@ awaitable<void> Dispatcher::sweep_processing(const std::vector<std::string>& in_
         try {
             co_await run_blocking(pool_, [this, &id] { spool_.unclaim(id); });
             returned = true;
-        } catch (const std::exception& e) {
-            spdlog::error("dispatch id={}: cannot move it back to pending: {}", id, e.what());
+        } catch (const std::system_error& e) {
+            // Gone since the listing: its delivery finished in between. Nothing to do.
+            if (e.code() != std::errc::no_such_file_or_directory) {
+                spdlog::error("dispatch id={}: cannot move it back to pending: {}", id, e.what());
+            }
         }
         if (returned) spdlog::warn("dispatch id={}: found unowned in processing/, moved back to pending/", id);
     }

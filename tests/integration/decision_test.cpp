@@ -193,13 +193,13 @@ TEST_F(DecisionTest, AllowCommitsAndDeliversAfterAnExactMinimalRequest) {
     EXPECT_TRUE(meta.has_value()) << "meta.json of " << id << " was never readable";
     if (meta) {
         EXPECT_EQ((*meta)["createdAt"], created_at);
-        EXPECT_EQ((*meta)["sender"], message["sender"]);
-        EXPECT_EQ((*meta)["recipients"], message["recipients"]);
-        EXPECT_EQ((*meta)["from"], message["from"]);
-        EXPECT_EQ((*meta)["subject"], message["subject"]);
-        EXPECT_EQ((*meta)["remote"]["ip"], message["remote"]["ip"]);
-        EXPECT_EQ((*meta)["remote"]["host"], message["remote"]["host"]);
-        EXPECT_EQ((*meta)["remote"]["helo"], message["remote"]["helo"]);
+        EXPECT_EQ((*meta)["sender"], nlohmann::json(message["sender"]));
+        EXPECT_EQ((*meta)["recipients"], nlohmann::json(message["recipients"]));
+        EXPECT_EQ((*meta)["from"], nlohmann::json(message["from"]));
+        EXPECT_EQ((*meta)["subject"], nlohmann::json(message["subject"]));
+        EXPECT_EQ((*meta)["remote"]["ip"], nlohmann::json(message["remote"]["ip"]));
+        EXPECT_EQ((*meta)["remote"]["host"], nlohmann::json(message["remote"]["host"]));
+        EXPECT_EQ((*meta)["remote"]["helo"], nlohmann::json(message["remote"]["helo"]));
     }
     ASSERT_TRUE(spool_drains());
     EXPECT_EQ(decider_.count(), 1u) << "a retry must not ask the decision service again";
