@@ -41,6 +41,10 @@ bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds tim
 // A port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, closed).
 unsigned short free_port();
 
+// A blocking TCP connection to 127.0.0.1:port whose reads and writes time out after
+// `timeout`; -1 with error set when it cannot be made.
+int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std::string& error);
+
 // Mode bits (permissions only) of a path, e.g. 0700.
 unsigned permissions_of(const fs::path& path);
 

@@ -179,6 +179,16 @@ void IntegrationTest::TearDown() {
     for (auto& d : daemons_) {
         if (d->running()) d->stop(std::chrono::seconds(5));
     }
+    // In the sanitizer build a report at any point (shutdown leaks included) fails the test
+    // that ran the daemon, whether or not the test looked at how it exited.
+    for (std::size_t i = 0; i < daemons_.size(); ++i) {
+        const std::string log = daemons_[i]->log();
+        for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"}) {
+            if (log.find(marker) != std::string::npos) {
+                ADD_FAILURE() << "daemon " << i + 1 << " log has a sanitizer report (" << marker << ")";
+            }
+        }
+    }
     if (!HasFailure()) return;
     for (std::size_t i = 0; i < daemons_.size(); ++i) {
         std::string log = daemons_[i]->log();

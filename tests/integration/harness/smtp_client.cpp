@@ -1,3 +1,4 @@
+#include "harness/files.hpp"
 #include "harness/smtp_client.hpp"
 
 #include <arpa/inet.h>
@@ -59,25 +60,7 @@ std::string encode_data(std::string_view message) {
 }
 
 SmtpClient::SmtpClient(unsigned short port, std::chrono::milliseconds timeout) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) {
-        connect_error_ = std::strerror(errno);
-        return;
-    }
-    timeval tv{};
-    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
-    tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(port);
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-        connect_error_ = std::strerror(errno);
-        ::close(fd_);
-        fd_ = -1;
-    }
+    fd_ = connect_loopback(port, timeout, connect_error_);
 }
 
 SmtpClient::~SmtpClient() { close(); }
