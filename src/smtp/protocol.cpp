@@ -103,8 +103,10 @@ std::string_view Protocol::shutdown_reply() { return "421 4.3.2 Service shutting
 std::string_view Protocol::timeout_reply() { return "421 4.4.2 Timeout exceeded, closing connection\r\n"; }
 
 Step Protocol::error(std::string reply) {
+    // As Postfix's smtpd_hard_error_limit: the error that reaches the limit still gets its
+    // own reply, then the 421, so a client sees exactly max_errors errors before the close.
     if (++errors_ >= settings_.max_errors) {
-        return {line("421 4.7.0 Too many errors, closing connection"), Action::close};
+        return {std::move(reply) + line("421 4.7.0 Too many errors, closing connection"), Action::close};
     }
     return {std::move(reply)};
 }

@@ -54,7 +54,8 @@ Session::Session(asio::ip::tcp::socket socket, SessionContext& context, std::str
       protocol_(context.protocol),
       watchdog_timer_(socket_.get_executor()),
       session_deadline_(std::chrono::steady_clock::now() + context.config.smtp_max_session),
-      client_ip_(std::move(client_ip)) {}
+      client_ip_(std::move(client_ip)),
+      host_lookup_timer_(socket_.get_executor(), kReverseLookupBound) {}
 
 void Session::arm_deadline() { deadline_ = std::chrono::steady_clock::now() + context_.config.smtp_timeout; }
 
@@ -69,11 +70,15 @@ void Session::shutdown() {
 }
 
 // Looks up the client's reverse-DNS name in the background (Asio runs getnameinfo off
-// the io thread). The session never waits for it: whatever is known at DATA time is used.
+// the io thread) while the dialogue goes on. DATA waits for the answer only as long as
+// the bound lets it (host_lookup_timer_ expires kReverseLookupBound after the connect).
 void Session::lookup_client_host() {
     boost::system::error_code ec;
     const auto endpoint = socket_.remote_endpoint(ec);
-    if (ec) return;
+    if (ec) {
+        host_lookup_done_ = true;
+        return;
+    }
     auto resolver = std::make_shared<asio::ip::tcp::resolver>(socket_.get_executor());
     auto bound = std::make_shared<asio::steady_timer>(socket_.get_executor(), kReverseLookupBound);
     bound->async_wait([resolver](const boost::system::error_code& timer_ec) {
@@ -84,7 +89,10 @@ void Session::lookup_client_host() {
                                                               const asio::ip::tcp::resolver::results_type& results) {
         bound->cancel();
         auto self = weak.lock();
-        if (!self || resolve_ec || results.empty()) return;
+        if (!self) return;
+        self->host_lookup_done_ = true;
+        self->host_lookup_timer_.cancel();  // wakes a DATA that waits for the name
+        if (resolve_ec || results.empty()) return;
         const std::string name = results.begin()->host_name();
         // getnameinfo answers with the numeric address when there is no name.
         if (name != self->client_ip_ && name != endpoint_address_text(results.begin()->endpoint())) {
@@ -294,6 +302,10 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
         co_return std::nullopt;
     }
 
+    if (!host_lookup_done_) {  // a fast client: give the lookup the rest of its bound
+        boost::system::error_code wait_ec;
+        co_await host_lookup_timer_.async_wait(asio::redirect_error(use_awaitable, wait_ec));
+    }
     mail::TraceInfo trace;
     trace.helo = protocol_.helo();
     trace.client_ip = client_ip_;

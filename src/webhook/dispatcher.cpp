@@ -251,8 +251,11 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
         co_return;
     }
 
+    // As haraka-webhook: the attempt is stamped, and the back-off counted, from when its
+    // outcome is known, so a timed-out POST does not eat into the next interval.
+    const auto finished = Clock::now();
     meta.attempts += 1;
-    meta.last_attempt_at = now;
+    meta.last_attempt_at = finished;
     if (outcome == Outcome::dead) {
         meta.last_error = "webhook returned 406";
         co_await run_blocking(pool_, [this, &id, &meta] { spool_.dead_letter(id, &meta, ""); });
@@ -261,7 +264,7 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
         co_return;
     }
     meta.last_error = response.error.empty() ? "webhook returned " + status : response.error;
-    const auto next = now + retry_delay(config_.retry_interval, config_.retry_max_interval, meta.attempts);
+    const auto next = finished + retry_delay(config_.retry_interval, config_.retry_max_interval, meta.attempts);
     meta.next_attempt_at = next;
     co_await run_blocking(pool_, [this, &id, &meta] { spool_.release(id, meta); });
     not_before_[id] = next;

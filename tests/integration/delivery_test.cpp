@@ -4,6 +4,7 @@
 #include "harness/fixture.hpp"
 
 #include <atomic>
+#include <map>
 #include <regex>
 #include <set>
 #include <thread>
@@ -106,6 +107,39 @@ TEST_F(DeliveryTest, FailedAttemptIsRecordedInMeta) {
     EXPECT_TRUE(is_iso_string((*meta)["nextAttemptAt"])) << meta->dump(2);
     EXPECT_GT((*meta)["nextAttemptAt"].get<std::string>(), (*meta)["lastAttemptAt"].get<std::string>());
     EXPECT_EQ(hook_.count(), 1u);
+}
+
+// The back-off as the README states it: nextAttemptAt = lastAttemptAt +
+// min(RETRY_INTERVAL_MS * 2^(attempts-1), RETRY_MAX_INTERVAL_MS), read off meta.json
+// between attempts.
+TEST_F(DeliveryTest, BackoffDoublesUpToTheMaximum) {
+    hook_.respond_with([](const WebhookRequest&) { return 500u; });
+    ASSERT_TRUE(start_daemon({{"RETRY_INTERVAL_MS", "200"}, {"RETRY_MAX_INTERVAL_MS", "800"}}));
+    const std::string id = send_one(simple_message("back-off"));
+    ASSERT_FALSE(id.empty());
+    std::map<int, long long> gap;  // attempts -> nextAttemptAt - lastAttemptAt (ms)
+    EXPECT_TRUE(wait_until(
+        [&] {
+            if (const auto meta = read_meta(pending_dir() / id)) {
+                const json& m = *meta;
+                if (m["attempts"].is_number_integer() && is_iso_string(m["lastAttemptAt"]) &&
+                    is_iso_string(m["nextAttemptAt"])) {
+                    gap[m["attempts"].get<int>()] = iso_ms(m["nextAttemptAt"].get<std::string>()) -
+                                                     iso_ms(m["lastAttemptAt"].get<std::string>());
+                }
+            }
+            return gap.count(1) && gap.count(2) && gap.count(3) && gap.count(4);
+        },
+        std::chrono::seconds(20), std::chrono::milliseconds(10)))
+        << "saw attempts " << [&] {
+               std::string seen;
+               for (const auto& [attempts, ms] : gap) seen += std::to_string(attempts) + " ";
+               return seen;
+           }();
+    EXPECT_EQ(gap[1], 200);
+    EXPECT_EQ(gap[2], 400);
+    EXPECT_EQ(gap[3], 800);
+    EXPECT_EQ(gap[4], 800);
 }
 
 TEST_F(DeliveryTest, WebhookDownThenUp) {

@@ -16,31 +16,6 @@ namespace {
 
 using ordered_json = nlohmann::ordered_json;
 
-std::string iso_time(std::chrono::system_clock::time_point t) {
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-    const std::time_t secs = static_cast<std::time_t>(ms / 1000);
-    std::tm tm{};
-    ::gmtime_r(&secs, &tm);
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
-    return buf;
-}
-
-// "<ms>-<uuid v4>", like haraka-webhook's ids.
-std::string new_id() {
-    static std::mt19937_64 rng(std::random_device{}());
-    static const char* hex = "0123456789abcdef";
-    std::string uuid;
-    for (int i = 0; i < 32; ++i) {
-        if (i == 8 || i == 12 || i == 16 || i == 20) uuid += '-';
-        uuid += hex[i == 12 ? 4 : (i == 16 ? 8 + rng() % 4 : rng() % 16)];
-    }
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        std::chrono::system_clock::now().time_since_epoch())
-                        .count();
-    return std::to_string(ms) + "-" + uuid;
-}
 
 const std::string kHarakaMessage =
     "Received: from mail.example.org (mail.example.org [192.0.2.10])\r\n"
@@ -88,7 +63,7 @@ void write_item(const std::filesystem::path& dir, const ordered_json& meta, cons
 class RecoveryTest : public IntegrationTest {};
 
 TEST_F(RecoveryTest, AdoptsHarakaWebhookSpool) {
-    const std::string id = new_id();
+    const std::string id = new_spool_id();
     const ordered_json meta = haraka_meta(id);
     write_item(pending_dir() / id, meta, kHarakaMessage);
     ASSERT_TRUE(start_daemon());
@@ -109,7 +84,7 @@ TEST_F(RecoveryTest, AdoptsHarakaWebhookSpool) {
 }
 
 TEST_F(RecoveryTest, ProcessingItemIsDeliveredAfterStart) {
-    const std::string id = new_id();
+    const std::string id = new_spool_id();
     write_item(processing_dir() / id, haraka_meta(id), kHarakaMessage);
     ASSERT_TRUE(start_daemon());
     const auto request = request_for(id);
@@ -119,7 +94,7 @@ TEST_F(RecoveryTest, ProcessingItemIsDeliveredAfterStart) {
 }
 
 TEST_F(RecoveryTest, StaleTmpIsRemovedAtStart) {
-    const std::string id = new_id();
+    const std::string id = new_spool_id();
     write_file(tmp_spool_dir() / id / "message.eml", "Subject: half received\r\n\r\npart");
     ASSERT_TRUE(start_daemon());
     EXPECT_TRUE(wait_until([&] { return !std::filesystem::exists(tmp_spool_dir() / id); }, std::chrono::seconds(5)))
@@ -131,7 +106,7 @@ TEST_F(RecoveryTest, StaleTmpIsRemovedAtStart) {
 }
 
 TEST_F(RecoveryTest, InvalidMetaIsDeadLettered) {
-    const std::string id = new_id();
+    const std::string id = new_spool_id();
     write_file(pending_dir() / id / "message.eml", kHarakaMessage);
     write_file(pending_dir() / id / "meta.json", "{ \"id\": \"" + id + "\", \"attempts\": ");
     ASSERT_TRUE(start_daemon());
@@ -144,12 +119,12 @@ TEST_F(RecoveryTest, InvalidMetaIsDeadLettered) {
 }
 
 TEST_F(RecoveryTest, ItemNotYetDueStaysInPending) {
-    const std::string later = new_id();
+    const std::string later = new_spool_id();
     ordered_json meta = haraka_meta(later);
     meta["attempts"] = 3;
     meta["nextAttemptAt"] = iso_time(std::chrono::system_clock::now() + std::chrono::hours(24));
     write_item(pending_dir() / later, meta, kHarakaMessage);
-    const std::string due = new_id();
+    const std::string due = new_spool_id();
     write_item(pending_dir() / due, haraka_meta(due), kHarakaMessage);
 
     ASSERT_TRUE(start_daemon());

@@ -215,6 +215,30 @@ TEST_F(RoutingTest, EachModeFailureOfOneRecipientDoesNotRedeliverTheOthers) {
     EXPECT_EQ(ids.size(), 3u);
 }
 
+TEST_F(RoutingTest, EachModeDeadLettersOneRecipientOnItsOwn) {
+    // b@'s webhook refuses for good (406): only b@'s item goes to dead/.
+    hook_.respond_with(
+        [](const WebhookRequest& request) { return request.field("recipient") == "b@example.com" ? 406u : 200u; });
+    ASSERT_TRUE(start_daemon({{"WEBHOOK_RECIPIENT_MODE", "each"}}));
+    const std::string id = send_one(simple_message("b refuses"), {"a@example.com", "b@example.com", "c@example.com"});
+    ASSERT_FALSE(id.empty());
+    ASSERT_TRUE(hook_.wait_for(3, std::chrono::seconds(10)));
+    ASSERT_TRUE(spool_drains());
+    const auto dead = list_dir(dead_dir());
+    ASSERT_EQ(dead.size(), 1u) << "exactly one item in dead/";
+    const auto meta = read_meta(dead_dir() / dead[0]);
+    ASSERT_TRUE(meta.has_value());
+    EXPECT_EQ((*meta)["recipients"], nlohmann::json::array({"b@example.com"})) << meta->dump();
+    EXPECT_TRUE(std::filesystem::exists(dead_dir() / dead[0] / "message.eml"))
+        << "the dead item keeps its own link to the message";
+    std::map<std::string, std::vector<WebhookRequest>> by_rcpt;
+    for (const auto& r : hook_.requests()) by_rcpt[r.field("recipient")].push_back(r);
+    EXPECT_EQ(by_rcpt["a@example.com"].size(), 1u);
+    EXPECT_EQ(by_rcpt["b@example.com"].size(), 1u) << "a 406 is never retried";
+    EXPECT_EQ(by_rcpt["c@example.com"].size(), 1u);
+    EXPECT_EQ(dead[0], by_rcpt["b@example.com"][0].id());
+}
+
 TEST_F(RoutingTest, EachModeRoutesEveryRecipientOnItsOwn) {
     ASSERT_TRUE(start_daemon(with_role_url({{"WEBHOOK_RECIPIENT_MODE", "each"}})));
     const std::string id = send_one(simple_message("split route"), {"user@example.com", "postmaster@example.com"});

@@ -3,6 +3,11 @@
 
 #include "harness/fixture.hpp"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <regex>
 
 namespace itest {
@@ -88,6 +93,36 @@ TEST_F(SpoolTest, AcceptedMessageIsDurableInPending) {
     EXPECT_EQ(m["remote"]["ip"], "127.0.0.1");
     EXPECT_TRUE(m["remote"]["host"].is_string()) << m.dump(2);
     EXPECT_EQ(m["remote"]["helo"], "helo.client.test");
+}
+
+// remote.host is the client's reverse-DNS name (as this machine's resolver gives it for
+// 127.0.0.1, usually "localhost" from /etc/hosts), even for a client that sends its
+// message without a pause: DATA waits for the lookup, within its bound.
+TEST_F(SpoolTest, RemoteHostIsTheReverseDnsName) {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char name[NI_MAXHOST] = {};
+    std::string expected;
+    if (::getnameinfo(reinterpret_cast<const sockaddr*>(&address), sizeof address, name, sizeof name, nullptr, 0,
+                      NI_NAMEREQD) == 0) {
+        expected = name;
+    }
+    hook_.stop();
+    ASSERT_TRUE(start_daemon({{"RETRY_INTERVAL_MS", "60000"}, {"RETRY_MAX_INTERVAL_MS", "60000"}}));
+    auto client = connect();
+    ASSERT_EQ(client->ehlo("helo.client.test").code, 250);
+    const std::string id = queued_id(client->send_message("bob@example.org", {"x@example.com"}, simple_message()));
+    ASSERT_FALSE(id.empty());
+    std::optional<json> meta;
+    ASSERT_TRUE(wait_until([&] { return (meta = settled_meta(id)).has_value(); }, std::chrono::seconds(10)));
+    EXPECT_EQ((*meta)["remote"]["host"], expected) << "getnameinfo(127.0.0.1) gives \"" << expected << "\"";
+    const auto split = split_received(read_file(pending_dir() / id / "message.eml"));
+    ASSERT_TRUE(split.has_value());
+    if (!expected.empty()) {
+        EXPECT_NE(split->received.find("from helo.client.test (" + expected + " [127.0.0.1])"), std::string::npos)
+            << split->received;
+    }
 }
 
 TEST_F(SpoolTest, DirectoriesArePrivate) {

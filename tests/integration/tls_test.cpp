@@ -66,6 +66,16 @@ protected:
         return client;
     }
 
+    // A daemon with a fresh self-signed certificate, and a TLS 1.2 session with it (EHLO
+    // not yet sent after the handshake).
+    std::unique_ptr<TlsSmtpClient> start_with_tls12_session(TlsOptions options = {}) {
+        const CertKey pair = make_self_signed(kHostname);
+        install(pair.cert_pem, pair.key_pem);
+        if (!start_daemon(tls_env())) return nullptr;
+        options.max_version = TLS1_2_VERSION;
+        return open_tls(options);
+    }
+
     // The common name of the certificate a new connection is served; "" (with the reason in
     // `why`) when the handshake failed.
     std::string served_name(std::string* why = nullptr) {
@@ -196,13 +206,8 @@ TEST_F(TlsTest, Tls13SessionRequiresNewEhloAndDeliversWithEsmtps) {
 }
 
 TEST_F(TlsTest, Tls12HandshakeWorks) {
-    const CertKey pair = make_self_signed(kHostname);
-    install(pair.cert_pem, pair.key_pem);
-    ASSERT_TRUE(start_daemon(tls_env()));
-    TlsOptions options;
-    options.max_version = TLS1_2_VERSION;
-    auto client = open_tls(options);
-    ASSERT_TRUE(client->tls_active());
+    auto client = start_with_tls12_session();
+    ASSERT_TRUE(client && client->tls_active());
     EXPECT_EQ(client->protocol(), "TLSv1.2");
     ASSERT_EQ(client->ehlo().code, 250);
     const auto request = deliver_over(*client, "over TLS 1.2");
@@ -212,6 +217,34 @@ TEST_F(TlsTest, Tls12HandshakeWorks) {
     EXPECT_NE(split->received.find("with ESMTPS"), std::string::npos) << split->received;
     EXPECT_NE(split->received.find("using TLSv1.2"), std::string::npos) << split->received;
     EXPECT_NE(split->received.find("cipher " + client->cipher()), std::string::npos) << split->received;
+}
+
+// The server picks the cipher by its own order, not the client's: a client that lists
+// AES-128 first still gets AES-256 (OpenSSL's default server order puts it first).
+TEST_F(TlsTest, ServerCipherPreferenceWins) {
+    TlsOptions options;
+    options.cipher_list = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384";
+    auto client = start_with_tls12_session(options);
+    ASSERT_TRUE(client && client->tls_active());
+    EXPECT_EQ(client->cipher(), "ECDHE-ECDSA-AES256-GCM-SHA384");
+    ASSERT_EQ(client->ehlo().code, 250);
+}
+
+// Client-initiated renegotiation (a TLS 1.2 CPU-exhaustion lever) is refused, and the
+// refusal touches only that connection. (OpenSSL 3 servers refuse it unless
+// SSL_OP_ALLOW_CLIENT_RENEGOTIATION is set; SSL_OP_NO_RENEGOTIATION makes it explicit.
+// With renegotiation allowed this test fails.)
+TEST_F(TlsTest, RenegotiationIsRefused) {
+    auto client = start_with_tls12_session();
+    ASSERT_TRUE(client && client->tls_active());
+    ASSERT_EQ(client->ehlo().code, 250);
+    EXPECT_FALSE(client->renegotiate()) << "the server accepted a renegotiation";
+    client->close();
+    TlsOptions options;
+    options.max_version = TLS1_2_VERSION;
+    auto other = open_tls(options);
+    ASSERT_TRUE(other->tls_active());
+    EXPECT_EQ(other->ehlo().code, 250);
 }
 
 TEST_F(TlsTest, PlaintextMessageHasNoTlsInTrace) {

@@ -143,8 +143,10 @@ TEST_F(ProtocolTest, HardErrorLimitCloses) {
         step = p.on_line("BOGUS");
         EXPECT_EQ(step.action, Action::none);
     }
+    // The 20th error still gets its own reply, then the 421 and the close.
     step = p.on_line("BOGUS");
-    EXPECT_EQ(code(step), "421");
+    EXPECT_EQ(code(step), "500");
+    EXPECT_NE(step.reply.find("\r\n421 4.7.0 "), std::string::npos) << step.reply;
     EXPECT_EQ(step.action, Action::close);
 }
 

@@ -272,6 +272,70 @@ TEST_F(SpoolTest, FailedFsyncOfTheMessageFailsTheCommit) {
     EXPECT_TRUE(entries(layout().pending).empty());
 }
 
+// What the fsync hook saw during one commit: each path in order and, for pending/, whether
+// the item had already been renamed into it (the fsync must make that rename durable).
+struct FsyncRecord {
+    fs::path path;
+    bool item_in_pending = false;
+};
+std::vector<FsyncRecord> g_fsyncs;
+fs::path g_pending_item;  // pending/<id> of the commit being recorded
+int record_fsync(const fs::path& path) {
+    // Called on the committing thread only: GroupSync runs the fsync on its caller's thread.
+    struct stat st {};
+    g_fsyncs.push_back({path, ::lstat(g_pending_item.c_str(), &st) == 0});
+    return 0;
+}
+
+TEST_F(SpoolTest, CommitFsyncsMessageThenMetaThenItemDirThenPendingAfterTheRename) {
+    const std::string id = new_id();
+    g_fsyncs.clear();
+    g_pending_item = layout().pending / id;
+    TmpItem item = spool().create(id);
+    spool().append(item, "body");
+    fault_injection::set_fsync_hook(&record_fsync);
+    spool().commit(item, meta_for(id));
+    fault_injection::set_fsync_hook(nullptr);
+
+    const std::vector<fs::path> expected{layout().tmp / id / "message.eml", layout().tmp / id / "meta.json",
+                                         layout().tmp / id, layout().pending};
+    std::vector<fs::path> seen;
+    for (const auto& record : g_fsyncs) seen.push_back(record.path);
+    ASSERT_EQ(seen, expected);
+    for (std::size_t i = 0; i + 1 < g_fsyncs.size(); ++i) {
+        EXPECT_FALSE(g_fsyncs[i].item_in_pending) << g_fsyncs[i].path << " was fsynced after the rename";
+    }
+    EXPECT_TRUE(g_fsyncs.back().item_in_pending) << "pending/ was fsynced before the rename into it";
+    EXPECT_EQ(slurp(layout().pending / id / "message.eml"), "body");
+}
+
+// A failed fsync of the item's meta.json or of tmp/<id>/ (before the rename) fails the
+// commit with an error naming the path, and discard() leaves nothing anywhere.
+TEST_F(SpoolTest, FailedFsyncBeforeTheRenameFailsTheCommitAndLeavesNothing) {
+    for (const std::string target : {"meta.json", "tmp/<id>/"}) {
+        SCOPED_TRACE(target);
+        const std::string id = new_id();
+        g_failing_fsync = target == "meta.json" ? layout().tmp / id / "meta.json" : layout().tmp / id;
+        fault_injection::set_fsync_hook(&fail_selected_fsync);
+
+        TmpItem item = spool().create(id);
+        spool().append(item, "body");
+        try {
+            spool().commit(item, meta_for(id));
+            ADD_FAILURE() << "commit succeeded although fsync of " << target << " failed";
+        } catch (const SpoolError& e) {
+            EXPECT_EQ(e.code(), std::error_code(EIO, std::system_category()));
+            const std::string what = e.what();
+            EXPECT_NE(what.find("fsync " + g_failing_fsync.string()), std::string::npos) << what;
+        }
+        fault_injection::set_fsync_hook(nullptr);
+        EXPECT_TRUE(entries(layout().pending).empty());
+        spool().discard(item);
+        EXPECT_TRUE(entries(layout().tmp).empty());
+        EXPECT_TRUE(entries(layout().pending).empty());
+    }
+}
+
 TEST_F(SpoolTest, ConcurrentCommitsAllLand) {
     std::vector<std::thread> threads;
     for (int t = 0; t < 4; ++t) {

@@ -80,6 +80,8 @@ private:
     std::string tls_description_;
     std::string client_ip_;
     std::string client_host_;              // reverse-DNS name once known, else ""
+    boost::asio::steady_timer host_lookup_timer_;  // expires at the lookup's bound; cancelled on its answer
+    bool host_lookup_done_ = false;
     std::string out_;                      // replies not yet written
     std::array<char, 65536> rbuf_{};       // bytes read, [rpos_, rlen_) not yet consumed
     std::size_t rpos_ = 0;

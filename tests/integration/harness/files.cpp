@@ -8,6 +8,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <ctime>
+#include <iomanip>
+#include <random>
+#include <sstream>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -112,6 +117,52 @@ unsigned permissions_of(const fs::path& path) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) return 0;
     return st.st_mode & 07777;
+}
+
+std::string new_spool_id() {
+    static std::mt19937_64 rng(std::random_device{}());
+    static const char* hex = "0123456789abcdef";
+    std::string uuid;
+    for (int i = 0; i < 32; ++i) {
+        if (i == 8 || i == 12 || i == 16 || i == 20) uuid += '-';
+        uuid += hex[i == 12 ? 4 : (i == 16 ? 8 + rng() % 4 : rng() % 16)];
+    }
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count();
+    return std::to_string(ms) + "-" + uuid;
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+    const std::time_t secs = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+    ::gmtime_r(&secs, &tm);
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+    return buf;
+}
+
+long long iso_ms(const std::string& text) {
+    std::tm tm{};
+    std::istringstream in(text);
+    in >> std::get_time(&tm, "%Y-%m-%dT%H:%M:%S");
+    if (in.fail()) return -1;
+    long long ms = static_cast<long long>(::timegm(&tm)) * 1000;
+    std::string rest;
+    std::getline(in, rest);
+    if (rest.size() >= 2 && rest.front() == '.' && rest.back() == 'Z') {
+        std::string frac = rest.substr(1, std::min<std::size_t>(3, rest.size() - 2));
+        for (const char c : frac) {
+            if (c < '0' || c > '9') return -1;
+        }
+        while (frac.size() < 3) frac += '0';
+        ms += std::stoll(frac);
+    } else if (rest != "Z") {
+        return -1;
+    }
+    return ms;
 }
 
 }  // namespace itest

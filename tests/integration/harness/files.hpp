@@ -48,4 +48,11 @@ int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std
 // Mode bits (permissions only) of a path, e.g. 0700.
 unsigned permissions_of(const fs::path& path);
 
+// Spool item helpers: an id of the form "<unix-ms>-<uuid v4>", as mxhook and haraka-webhook
+// name items; a time as meta.json writes it ("2026-11-27T07:31:06.123Z"); and that form
+// read back as milliseconds since the epoch (-1 when it is not of that form).
+std::string new_spool_id();
+std::string iso_time(std::chrono::system_clock::time_point t);
+long long iso_ms(const std::string& text);
+
 }  // namespace itest

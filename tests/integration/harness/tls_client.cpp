@@ -216,6 +216,10 @@ bool TlsSmtpClient::handshake(const TlsOptions& options) {
         handshake_error_ = "set_max_proto_version: " + openssl_errors();
         return false;
     }
+    if (!options.cipher_list.empty() && SSL_CTX_set_cipher_list(ctx_, options.cipher_list.c_str()) != 1) {
+        handshake_error_ = "set_cipher_list: " + openssl_errors();
+        return false;
+    }
     if (!options.trust_pem.empty()) {
         BIO* bio = BIO_new_mem_buf(options.trust_pem.data(), static_cast<int>(options.trust_pem.size()));
         X509* root = bio ? PEM_read_bio_X509(bio, nullptr, nullptr, nullptr) : nullptr;
@@ -253,6 +257,30 @@ bool TlsSmtpClient::handshake(const TlsOptions& options) {
         return false;
     }
     handshake_done_ = true;
+    return true;
+}
+
+bool TlsSmtpClient::renegotiate() {
+    if (!tls_active()) {
+        handshake_error_ = "no TLS session";
+        return false;
+    }
+    ERR_clear_error();
+    if (SSL_renegotiate(ssl_) != 1) {
+        handshake_error_ = "SSL_renegotiate: " + openssl_errors();
+        return false;
+    }
+    // The new handshake runs on this blocking socket (reads bounded by SO_RCVTIMEO).
+    const int r = SSL_do_handshake(ssl_);
+    if (r != 1) {
+        handshake_error_ = "renegotiation failed (error " + std::to_string(SSL_get_error(ssl_, r)) +
+                           "): " + openssl_errors();
+        return false;
+    }
+    if (SSL_renegotiate_pending(ssl_) == 1) {
+        handshake_error_ = "renegotiation still pending after the handshake";
+        return false;
+    }
     return true;
 }
 

@@ -22,6 +22,7 @@ struct TlsOptions {
     int security_level = -1;    // SSL_CTX_set_security_level; -1: OpenSSL's default
     std::string server_name = "mx.test";  // SNI, and the name checked when trust_pem is set
     std::string trust_pem;      // when set: verify the server's chain against this root
+    std::string cipher_list;    // TLS 1.2 ciphers offered, in the client's order; "": default
 };
 
 class TlsSmtpClient {
@@ -46,6 +47,10 @@ public:
     bool starttls(const TlsOptions& options = {});
     // The TLS handshake alone, for a test that sent STARTTLS and read the 220 itself.
     bool handshake(const TlsOptions& options = {});
+
+    // Asks for a renegotiation (TLS 1.2) and drives it to the end; true when the server
+    // went through with it, false (reason in handshake_error()) when it refused.
+    bool renegotiate();
 
     bool tls_active() const { return ssl_ != nullptr && handshake_done_; }
     const std::string& handshake_error() const { return handshake_error_; }
