@@ -404,19 +404,7 @@ TEST_F(DefencesTest, ReceivedHeaderLimitIsConfigurable) {
 // --- poison messages -----------------------------------------------------------------------
 
 nlohmann::ordered_json item_meta(const std::string& id, int interrupted) {
-    nlohmann::ordered_json meta;
-    meta["id"] = id;
-    meta["createdAt"] = "2026-01-02T03:04:05.678Z";
-    meta["attempts"] = 0;
-    meta["nextAttemptAt"] = nullptr;
-    meta["sender"] = "alice@example.org";
-    meta["recipients"] = nlohmann::ordered_json::array({"bob@example.com"});
-    meta["from"] = "Alice <alice@example.org>";
-    meta["subject"] = "in flight";
-    meta["headers"] = nlohmann::ordered_json::array(
-        {nlohmann::ordered_json::array({"From", "Alice <alice@example.org>"}),
-         nlohmann::ordered_json::array({"Subject", "in flight"})});
-    meta["remote"] = {{"ip", "192.0.2.10"}, {"host", ""}, {"helo", "mail.example.org"}};
+    nlohmann::ordered_json meta = spool_item_meta(id, "in flight");
     meta["interruptedAttempts"] = interrupted;
     return meta;
 }

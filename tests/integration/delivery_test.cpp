@@ -4,6 +4,8 @@
 #include "harness/fixture.hpp"
 
 #include <atomic>
+#include <fstream>
+#include <iostream>
 #include <map>
 #include <regex>
 #include <set>
@@ -19,6 +21,25 @@ const std::regex kIsoTime(R"(^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$)
 bool is_iso_string(const json& value) {
     return value.is_string() && std::regex_match(value.get<std::string>(), kIsoTime);
 }
+
+// Peak resident memory (VmHWM) of a process in KiB; -1 when it cannot be read.
+long peak_rss_kib(pid_t pid) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+    }
+    return -1;
+}
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MXHOOK_TEST_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define MXHOOK_TEST_ASAN 1
+#endif
 
 class DeliveryTest : public IntegrationTest {};
 
@@ -140,6 +161,46 @@ TEST_F(DeliveryTest, BackoffDoublesUpToTheMaximum) {
     EXPECT_EQ(gap[2], 400);
     EXPECT_EQ(gap[3], 800);
     EXPECT_EQ(gap[4], 800);
+}
+
+// The body is streamed from the spool into the request: 16 deliveries of 25 MB at once
+// (WEBHOOK_CONCURRENCY's default) must not cost the daemon hundreds of MB.
+TEST_F(DeliveryTest, SixteenLargeDeliveriesAtOnceStayLean) {
+#ifdef MXHOOK_TEST_ASAN
+    GTEST_SKIP() << "AddressSanitizer's shadow memory and quarantine make the resident size meaningless";
+#endif
+    constexpr std::size_t kItems = 16;
+    constexpr std::size_t kBytes = 25u * 1024 * 1024;
+    // Mostly unreserved characters, so the form body stays near the message size.
+    std::string body;
+    body.reserve(kBytes);
+    const std::string line = std::string(76, 'x') + "\r\n";
+    while (body.size() + line.size() <= kBytes) body += line;
+    std::map<std::string, std::size_t> sizes;  // id -> size of message.eml
+    for (std::size_t i = 0; i < kItems; ++i) {
+        const std::string id = new_spool_id();
+        const std::string head = "Subject: large " + std::to_string(i) + "\r\n\r\n";
+        sizes[id] = head.size() + body.size();
+        write_file(pending_dir() / id / "message.eml", head + body);
+        write_file(pending_dir() / id / "meta.json", spool_item_meta(id, "large").dump(2) + "\n");
+    }
+    // Each answer waits a little, so the 16 requests overlap.
+    hook_.reply_with([](const WebhookRequest&) {
+        WebhookReply r;
+        r.delay = std::chrono::milliseconds(300);
+        return r;
+    });
+    ASSERT_TRUE(start_daemon({{"WEBHOOK_CONCURRENCY", "16"}}));
+    ASSERT_TRUE(hook_.wait_for(kItems, std::chrono::seconds(120))) << "delivered " << hook_.count();
+    ASSERT_TRUE(spool_drains(std::chrono::seconds(30)));
+    const long peak = peak_rss_kib(daemon().pid());
+    ASSERT_GT(peak, 0);
+    for (const auto& request : hook_.requests()) {
+        EXPECT_EQ(request.field("body-mime").size(), sizes[request.id()]) << request.id();
+    }
+    std::cout << "[ info     ] daemon peak resident size: " << peak / 1024 << " MiB\n";
+    EXPECT_LT(peak, 100L * 1024) << "peak resident size " << peak / 1024 << " MiB for " << kItems << " x "
+                                 << kBytes / (1024 * 1024) << " MB deliveries";
 }
 
 TEST_F(DeliveryTest, WebhookDownThenUp) {

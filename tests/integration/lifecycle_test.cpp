@@ -12,23 +12,6 @@ namespace {
 
 using ordered_json = nlohmann::ordered_json;
 
-// A valid meta.json for a message that is due now.
-ordered_json valid_meta(const std::string& id) {
-    ordered_json meta;
-    meta["id"] = id;
-    meta["createdAt"] = iso_time(std::chrono::system_clock::now() - std::chrono::minutes(1));
-    meta["attempts"] = 0;
-    meta["nextAttemptAt"] = nullptr;
-    meta["sender"] = "alice@example.org";
-    meta["recipients"] = ordered_json::array({"bob@example.com"});
-    meta["from"] = "Alice <alice@example.org>";
-    meta["subject"] = "Hello";
-    meta["headers"] = ordered_json::array({ordered_json::array({"From", "Alice <alice@example.org>"}),
-                                           ordered_json::array({"Subject", "Hello"})});
-    meta["remote"] = {{"ip", "192.0.2.10"}, {"host", ""}, {"helo", "mail.example.org"}};
-    return meta;
-}
-
 class LifecycleTest : public IntegrationTest {
 protected:
     // True once the daemon's log contains `text` (bounded).
@@ -242,7 +225,7 @@ TEST_F(LifecycleTest, SigtermDoesNotWaitPastTheGraceForAnUnfinishedMessage) {
 
 TEST_F(LifecycleTest, ItemWithoutMessageFileIsDeadLetteredWithTheReason) {
     const std::string id = new_spool_id();
-    write_file(pending_dir() / id / "meta.json", valid_meta(id).dump(2) + "\n");
+    write_file(pending_dir() / id / "meta.json", spool_item_meta(id).dump(2) + "\n");
     ASSERT_TRUE(start_daemon());
 
     const std::string error = dead_error_text(id);
@@ -263,7 +246,7 @@ TEST_F(LifecycleTest, InvalidMetaIsDeadLetteredWithTheReason) {
     write_file(pending_dir() / truncated / "message.eml", simple_message());
     write_file(pending_dir() / truncated / "meta.json", "{ \"id\": \"" + truncated + "\", \"attempts\": ");
     const std::string no_recipients = new_spool_id();
-    ordered_json meta = valid_meta(no_recipients);
+    ordered_json meta = spool_item_meta(no_recipients);
     meta.erase("recipients");
     write_file(pending_dir() / no_recipients / "message.eml", simple_message());
     write_file(pending_dir() / no_recipients / "meta.json", meta.dump(2) + "\n");

@@ -29,6 +29,23 @@ std::string hmac_sha256_hex(std::string_view key, std::string_view data) {
     return out;
 }
 
+nlohmann::ordered_json spool_item_meta(const std::string& id, std::string_view subject) {
+    using nlohmann::ordered_json;
+    ordered_json meta;
+    meta["id"] = id;
+    meta["createdAt"] = iso_time(std::chrono::system_clock::now() - std::chrono::minutes(1));
+    meta["attempts"] = 0;
+    meta["nextAttemptAt"] = nullptr;
+    meta["sender"] = "alice@example.org";
+    meta["recipients"] = ordered_json::array({"bob@example.com"});
+    meta["from"] = "Alice <alice@example.org>";
+    meta["subject"] = std::string(subject);
+    meta["headers"] = ordered_json::array({ordered_json::array({"From", "Alice <alice@example.org>"}),
+                                           ordered_json::array({"Subject", std::string(subject)})});
+    meta["remote"] = {{"ip", "192.0.2.10"}, {"host", ""}, {"helo", "mail.example.org"}};
+    return meta;
+}
+
 std::string simple_message(std::string_view subject, std::string_view body) {
     return "From: Sender <sender@example.org>\r\n"
            "To: User <user@example.com>\r\n"

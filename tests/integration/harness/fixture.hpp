@@ -32,6 +32,10 @@ std::string hmac_sha256_hex(std::string_view key, std::string_view data);
 // A small well-formed message with CRLF line ends.
 std::string simple_message(std::string_view subject = "Hello", std::string_view body = "Hello there.\r\n");
 
+// A valid meta.json of a spool item due now (created a minute ago, no attempts yet), one
+// recipient, for tests that put items into the spool themselves.
+nlohmann::ordered_json spool_item_meta(const std::string& id, std::string_view subject = "Hello");
+
 // Splits body-mime into the Received trace header the daemon prepends (its first line and
 // the continuation lines that follow) and the rest. nullopt when it does not start with one.
 struct TraceSplit {
