@@ -222,9 +222,12 @@ TEST_F(DeliveryTest, WebhookDownThenUp) {
     EXPECT_TRUE(spool_drains());
 }
 
+// MAX_RETRY_AGE_MS: a message keeps being retried while it is younger than the limit,
+// and is dead-lettered (lastError says why, no further POST) once it is older.
 TEST_F(DeliveryTest, RetryAgeExhaustedDeadLetters) {
-    hook_.stop();
-    ASSERT_TRUE(start_daemon({{"MAX_RETRY_AGE_MS", "1"}}));
+    hook_.respond_with([](const WebhookRequest&) { return 503u; });
+    ASSERT_TRUE(start_daemon({{"MAX_RETRY_AGE_MS", "1500"}, {"RETRY_INTERVAL_MS", "100"},
+                              {"RETRY_MAX_INTERVAL_MS", "200"}}));
     const std::string id = send_one(simple_message());
     ASSERT_FALSE(id.empty());
     EXPECT_TRUE(wait_until([&] { return std::filesystem::exists(dead_dir() / id / "meta.json"); },
@@ -232,6 +235,17 @@ TEST_F(DeliveryTest, RetryAgeExhaustedDeadLetters) {
         << id << " never reached dead/";
     EXPECT_TRUE(std::filesystem::exists(dead_dir() / id / "message.eml"));
     EXPECT_TRUE(spool_drains());
+    const auto meta = read_meta(dead_dir() / id);
+    ASSERT_TRUE(meta.has_value());
+    EXPECT_EQ((*meta)["lastError"], "max retry age exceeded") << meta->dump(2);
+    // Retried while young: several attempts in 1.5 s at 100-200 ms intervals.
+    const auto attempts = (*meta)["attempts"].get<int>();
+    EXPECT_GE(attempts, 3) << meta->dump(2);
+    EXPECT_EQ(hook_.count(), static_cast<std::size_t>(attempts)) << "a POST after the age ran out";
+    // Not before the age ran out: the last attempt came at least 1.5 s after createdAt.
+    EXPECT_GE(iso_ms((*meta)["lastAttemptAt"].get<std::string>()) + 200,
+              iso_ms((*meta)["createdAt"].get<std::string>()) + 1500)
+        << meta->dump(2);
 }
 
 TEST_F(DeliveryTest, ManyMessagesConcurrently) {
