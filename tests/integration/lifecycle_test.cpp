@@ -122,7 +122,8 @@ TEST_F(LifecycleTest, CommitFailureAnswers451KeepsTheSessionAndLeavesNothingBehi
     EXPECT_EQ(request->field("subject"), "committed");
     EXPECT_TRUE(spool_drains());
     EXPECT_EQ(hook_.count(), 1u) << "the message answered 451 must never be posted";
-    EXPECT_TRUE(list_dir(tmp_spool_dir()).empty());
+    // (A delivered item passes through tmp/<id>.delivered on its way out: wait for that.)
+    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 5s));
 }
 
 // --- signals ----------------------------------------------------------------------------------------
