@@ -238,9 +238,22 @@ public:
                 check_command_step(line, step);
             }
             trace("S:", step.reply);
-            int code = check_reply(step.reply);
-            if (code >= 500) ++command_errors_;
-            CHECK(command_errors_ < kMaxErrors, step.reply);  // the 20th error is a 421 and close
+            // The error that reaches the limit gets its own reply, then the 421 and the close.
+            const auto limit_reply = step.reply.find("421 4.7.0 ");
+            int code = 0;
+            if (limit_reply != std::string::npos && limit_reply > 0) {
+                CHECK(step.action == Action::close, step.reply);
+                const int error_code = check_reply(std::string_view(step.reply).substr(0, limit_reply));
+                CHECK(error_code >= 400, step.reply);
+                if (error_code >= 500) ++command_errors_;
+                code = check_reply(std::string_view(step.reply).substr(limit_reply));
+                CHECK(code == 421, step.reply);
+                CHECK(command_errors_ <= kMaxErrors, step.reply);
+            } else {
+                code = check_reply(step.reply);
+                if (code >= 500) ++command_errors_;
+                CHECK(command_errors_ < kMaxErrors, step.reply);  // the limit's error comes with a 421
+            }
             check_envelope(protocol_);
 
             if (step.action == Action::start_data) {

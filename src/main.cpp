@@ -30,6 +30,10 @@ using namespace mxhook;
 // Disk work (write, fsync, rename) is latency-bound, not CPU-bound: a few threads let
 // several sessions commit at once while the io_context thread keeps serving.
 constexpr std::size_t kWorkerThreads = 4;
+// PTR lookups run in parallel on their own threads (a dead PTR zone takes the resolver's
+// whole timeout); past this many waiting lookups a new client simply gets no name.
+constexpr std::size_t kReverseDnsThreads = 8;
+constexpr std::size_t kReverseDnsMaxQueued = 256;
 
 void setup_logging(const Config& config) {
     auto logger = spdlog::stderr_color_mt("mxhook");
@@ -77,9 +81,11 @@ int run(const Config& config) {
     protocol.max_header_bytes = config.smtp_max_header_bytes;
     protocol.max_header_lines = config.smtp_max_header_lines;
     protocol.tls_available = tls != nullptr;
+    // Client names (PTR) for the trace header and remote.host, off the io thread.
+    smtp::ReverseDns reverse_dns(kReverseDnsThreads, kReverseDnsMaxQueued);
     smtp::SessionContext context{config, protocol, spool, pool,
                                  [&dispatcher](const std::string& id) { dispatcher.notify(id); }, &decision,
-                                 tls.get()};
+                                 tls.get(), &reverse_dns};
     smtp::Server server(io, context);
     server.listen(config.smtp_listen);
     server.start();
@@ -134,6 +140,7 @@ int run(const Config& config) {
             spdlog::critical("event loop: {}", e.what());
         }
     }
+    reverse_dns.stop();  // before the io_context goes: no answer is posted to it any more
     client.shutdown();
     pool.join();
     // Attempts the grace period cut short were stopped by us, not by a crash: give them

@@ -33,10 +33,6 @@ constexpr auto kFinalReplyTimeout = std::chrono::seconds(10);
 // The reverse-DNS name is a courtesy for the trace header and meta.json: never wait long.
 constexpr auto kReverseLookupBound = std::chrono::seconds(3);
 
-std::string endpoint_address_text(const asio::ip::tcp::endpoint& endpoint) {
-    return endpoint.address().to_string();
-}
-
 std::string joined(const std::vector<std::string>& items) {
     std::string out;
     for (const auto& item : items) {
@@ -69,35 +65,23 @@ void Session::shutdown() {
     }
 }
 
-// Looks up the client's reverse-DNS name in the background (Asio runs getnameinfo off
-// the io thread) while the dialogue goes on. DATA waits for the answer only as long as
-// the bound lets it (host_lookup_timer_ expires kReverseLookupBound after the connect).
+// Looks up the client's reverse-DNS name on the ReverseDns threads while the dialogue
+// goes on. DATA waits for the answer only as long as the bound lets it
+// (host_lookup_timer_ expires kReverseLookupBound after the connect).
 void Session::lookup_client_host() {
     boost::system::error_code ec;
     const auto endpoint = socket_.remote_endpoint(ec);
-    if (ec) {
+    if (ec || context_.reverse_dns == nullptr) {
         host_lookup_done_ = true;
         return;
     }
-    auto resolver = std::make_shared<asio::ip::tcp::resolver>(socket_.get_executor());
-    auto bound = std::make_shared<asio::steady_timer>(socket_.get_executor(), kReverseLookupBound);
-    bound->async_wait([resolver](const boost::system::error_code& timer_ec) {
-        if (!timer_ec) resolver->cancel();
-    });
     std::weak_ptr<Session> weak = weak_from_this();
-    resolver->async_resolve(endpoint, [weak, resolver, bound](const boost::system::error_code& resolve_ec,
-                                                              const asio::ip::tcp::resolver::results_type& results) {
-        bound->cancel();
+    context_.reverse_dns->lookup(endpoint.address(), socket_.get_executor(), [weak](std::string name) {
         auto self = weak.lock();
         if (!self) return;
         self->host_lookup_done_ = true;
         self->host_lookup_timer_.cancel();  // wakes a DATA that waits for the name
-        if (resolve_ec || results.empty()) return;
-        const std::string name = results.begin()->host_name();
-        // getnameinfo answers with the numeric address when there is no name.
-        if (name != self->client_ip_ && name != endpoint_address_text(results.begin()->endpoint())) {
-            self->client_host_ = name;
-        }
+        self->client_host_ = std::move(name);
     });
 }
 
@@ -142,6 +126,7 @@ awaitable<void> Session::watchdog() {
         timed_out_ = true;
         deadline_ = std::chrono::steady_clock::now() + kFinalReplyTimeout;
         socket_.cancel(ec);
+        host_lookup_timer_.cancel();  // a DATA waiting for the client's name: time is up too
     }
 }
 
@@ -305,6 +290,11 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
     if (!host_lookup_done_) {  // a fast client: give the lookup the rest of its bound
         boost::system::error_code wait_ec;
         co_await host_lookup_timer_.async_wait(asio::redirect_error(use_awaitable, wait_ec));
+        if (timed_out_) {  // SMTP_TIMEOUT_MS or SMTP_MAX_SESSION_MS ran out meanwhile
+            co_await discard(item);
+            co_await close_with(Protocol::timeout_reply());
+            co_return std::nullopt;
+        }
     }
     mail::TraceInfo trace;
     trace.helo = protocol_.helo();

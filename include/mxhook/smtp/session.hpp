@@ -7,6 +7,7 @@
 #include "mxhook/decision/client.hpp"
 #include "mxhook/smtp/data_decoder.hpp"
 #include "mxhook/smtp/protocol.hpp"
+#include "mxhook/smtp/reverse_dns.hpp"
 #include "mxhook/smtp/tls.hpp"
 #include "mxhook/spool/spool.hpp"
 
@@ -36,6 +37,7 @@ struct SessionContext {
     std::function<void(const std::string& id)> on_queued;  // called on the io thread after 250
     decision::Client* decision = nullptr;                  // asked before commit when enabled
     TlsCredentials* tls = nullptr;                         // STARTTLS offered when set
+    ReverseDns* reverse_dns = nullptr;                     // client names looked up when set
 };
 
 class Session : public std::enable_shared_from_this<Session> {
