@@ -1,13 +1,11 @@
 #include "mxhook/smtp/reverse_dns.hpp"
 
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 
 #include <netdb.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <condition_variable>
-#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -16,28 +14,13 @@
 namespace mxhook::smtp {
 
 std::string lookup_name(const boost::asio::ip::address& address) {
-    sockaddr_storage storage{};
-    socklen_t length = 0;
     boost::asio::ip::address target = address;
     if (target.is_v6() && target.to_v6().is_v4_mapped()) {
         target = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, target.to_v6());
     }
-    if (target.is_v4()) {
-        auto* in = reinterpret_cast<sockaddr_in*>(&storage);
-        in->sin_family = AF_INET;
-        const auto bytes = target.to_v4().to_bytes();
-        std::memcpy(&in->sin_addr, bytes.data(), bytes.size());
-        length = sizeof(sockaddr_in);
-    } else {
-        auto* in6 = reinterpret_cast<sockaddr_in6*>(&storage);
-        in6->sin6_family = AF_INET6;
-        const auto bytes = target.to_v6().to_bytes();
-        std::memcpy(&in6->sin6_addr, bytes.data(), bytes.size());
-        in6->sin6_scope_id = target.to_v6().scope_id();
-        length = sizeof(sockaddr_in6);
-    }
+    const boost::asio::ip::tcp::endpoint endpoint(target, 0);  // Asio builds the sockaddr
     char host[NI_MAXHOST] = {};
-    if (::getnameinfo(reinterpret_cast<const sockaddr*>(&storage), length, host, sizeof host, nullptr, 0,
+    if (::getnameinfo(endpoint.data(), static_cast<socklen_t>(endpoint.size()), host, sizeof host, nullptr, 0,
                       NI_NAMEREQD) != 0) {
         return {};
     }

@@ -33,17 +33,16 @@ public:
     ReverseDns& operator=(const ReverseDns&) = delete;
 
     // Looks `address` up on a lookup thread; `done` is then posted to `executor` with the
-    // name ("" when there is none). When the queue is full, or after stop(), `done` is
-    // posted with "" at once. Thread-safe.
+    // name ("" when there is none). When the queue is full, `done` is posted with "" at
+    // once; after stop() it is never called. Thread-safe.
     void lookup(const boost::asio::ip::address& address, const boost::asio::any_io_executor& executor,
                 Callback done);
 
     // No more lookups; answers of lookups in progress are dropped. Does not block.
     void stop();
 
-    struct State;
-
 private:
+    struct State;
     std::shared_ptr<State> state_;
 };
 
