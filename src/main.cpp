@@ -146,20 +146,13 @@ int run(const Config& config) {
     // Attempts the grace period cut short were stopped by us, not by a crash: give them
     // back to pending/ now, so start-up recovery does not count them as interrupted (three
     // restarts during a slow delivery would otherwise dead-letter a healthy message).
-    std::size_t handed_back = 0;
     try {
-        for (const std::string& id : spool.list_processing()) {
-            try {
-                spool.unclaim(id);
-                ++handed_back;
-            } catch (const std::exception& e) {
-                spdlog::error("spool: {} stays in processing/ for start-up recovery: {}", id, e.what());
-            }
+        if (const std::size_t moved = spool.unclaim_all(); moved > 0) {
+            spdlog::info("spool: {} unfinished delivery(ies) back in pending/", moved);
         }
     } catch (const std::exception& e) {
-        spdlog::error("spool: cannot list processing/: {}", e.what());
+        spdlog::error("spool: processing/ left for start-up recovery: {}", e.what());
     }
-    if (handed_back > 0) spdlog::info("spool: {} unfinished delivery(ies) back in pending/", handed_back);
     spdlog::info("mxhook stopped");
     return 0;
 }

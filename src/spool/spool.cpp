@@ -141,11 +141,16 @@ std::string read_file(const fs::path& path) {
 
 // Never replaces what is already at `to` (rename(2) would silently replace an empty
 // directory): ids are unique, so a name taken there is a fault to report, not to paper over.
-void rename_dir(const fs::path& from, const fs::path& to) {
-    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return;
-    if (errno != EINVAL && errno != ENOSYS) throw_errno("rename " + from.string() + " to", to);
+// Returns 0 or the rename's errno.
+int rename_noreplace(const fs::path& from, const fs::path& to) {
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return 0;
+    if (errno != EINVAL && errno != ENOSYS) return errno;
     // A filesystem without RENAME_NOREPLACE: plain rename still refuses a non-empty target.
-    if (::rename(from.c_str(), to.c_str()) != 0) throw_errno("rename " + from.string() + " to", to);
+    return ::rename(from.c_str(), to.c_str()) == 0 ? 0 : errno;
+}
+
+void rename_dir(const fs::path& from, const fs::path& to) {
+    if (const int err = rename_noreplace(from, to); err != 0) throw_error(err, "rename " + from.string() + " to", to);
 }
 
 bool exists_nofollow(const fs::path& path) {
@@ -222,6 +227,15 @@ void make_dirs(const fs::path& target) {
 // replace a non-empty directory), as opposed to a real error.
 bool target_occupied(int err, const fs::path& target) {
     return (err == EEXIST || err == ENOTEMPTY || err == ENOTDIR) && exists_nofollow(target);
+}
+
+// rename_dir for the sweeps over processing/: false (and `from` left where it is) when the
+// name is taken at `to`, so one such item does not stop the others. Throws on other errors.
+bool rename_dir_unless_taken(const fs::path& from, const fs::path& to) {
+    const int err = rename_noreplace(from, to);
+    if (err == 0) return true;
+    if (!target_occupied(err, to)) throw_error(err, "rename " + from.string() + " to", to);
+    return false;
 }
 
 // Moves an item into dead/, choosing dead/<id>.<n> when dead/<id> is taken. Returns where it went.
@@ -314,12 +328,7 @@ RecoveryReport Spool::recover(std::int64_t max_interrupted) const {
             }
             replace_file_durable(from / kMetaFile, to_json(*meta));
         }
-        if (::rename(from.c_str(), to.c_str()) == 0) {
-            ++report.requeued;
-            continue;
-        }
-        const int err = errno;
-        if (!target_occupied(err, to)) throw_error(err, "rename " + from.string() + " to", to);
+        if (rename_dir_unless_taken(from, to)) ++report.requeued;
     }
     if (report.requeued > 0) sync_dir(layout_.pending);
 
@@ -473,6 +482,15 @@ std::vector<std::string> Spool::list_processing() const {
 void Spool::unclaim(const std::string& id) const {
     rename_dir(item_dir(layout_.processing, id), item_dir(layout_.pending, id));
     pending_sync_->sync();
+}
+
+std::size_t Spool::unclaim_all() const {
+    std::size_t moved = 0;
+    for (const std::string& id : list_dir(layout_.processing, Entries::item_dirs)) {
+        if (rename_dir_unless_taken(item_dir(layout_.processing, id), item_dir(layout_.pending, id))) ++moved;
+    }
+    if (moved > 0) pending_sync_->sync();
+    return moved;
 }
 
 void Spool::remove(const std::string& id) const {

@@ -368,6 +368,30 @@ TEST_F(SpoolTest, RecoverRequeuesProcessingAndClearsTmp) {
     EXPECT_EQ(slurp(layout().pending / a / "message.eml"), "a");
 }
 
+// A graceful stop: processing/ back to pending/ as it is (no interruption counted), one
+// fsync of pending/ for all; a name already taken in pending/ stays in processing/.
+TEST_F(SpoolTest, UnclaimAllHandsProcessingBackUnchanged) {
+    const std::string a = receive("a");
+    const std::string b = receive("b");
+    const std::string taken = receive("taken");
+    ASSERT_TRUE(spool().claim(a));
+    ASSERT_TRUE(spool().claim(b));
+    ASSERT_TRUE(spool().claim(taken));
+    std::filesystem::create_directory(layout().pending / taken);
+    const std::string meta_before = slurp(layout().processing / a / "meta.json");
+    g_fsyncs.clear();
+    fault_injection::set_fsync_hook(&record_fsync);
+
+    EXPECT_EQ(spool().unclaim_all(), 2u);
+    fault_injection::set_fsync_hook(nullptr);
+    EXPECT_EQ(entries(layout().processing), (std::set<std::string>{taken}));
+    EXPECT_EQ(entries(layout().pending), (std::set<std::string>{a, b, taken}));
+    EXPECT_EQ(slurp(layout().pending / a / "meta.json"), meta_before);
+    EXPECT_EQ(slurp(layout().pending / b / "message.eml"), "b");
+    ASSERT_EQ(g_fsyncs.size(), 1u);
+    EXPECT_EQ(g_fsyncs[0].path, layout().pending);
+}
+
 TEST_F(SpoolTest, RecoverKeepsBothCopiesWhenPendingAlreadyHasTheId) {
     const std::string id = receive("pending copy");
     fs::create_directory(layout().processing / id);
@@ -377,6 +401,18 @@ TEST_F(SpoolTest, RecoverKeepsBothCopiesWhenPendingAlreadyHasTheId) {
     EXPECT_EQ(report.requeued, 0u);
     EXPECT_EQ(slurp(layout().pending / id / "message.eml"), "pending copy");
     EXPECT_EQ(slurp(layout().processing / id / "message.eml"), "processing copy");
+}
+
+// Even an empty directory in the way is not replaced (plain rename(2) silently would):
+// the item stays in processing/ for the operator.
+TEST_F(SpoolTest, RecoverDoesNotReplaceAnEmptyDirectoryInPending) {
+    const std::string id = receive("in flight");
+    ASSERT_TRUE(spool().claim(id));
+    fs::create_directory(layout().pending / id);
+    const RecoveryReport report = spool().recover();
+    EXPECT_EQ(report.requeued, 0u);
+    EXPECT_EQ(slurp(layout().processing / id / "message.eml"), "in flight");
+    EXPECT_TRUE(fs::is_empty(layout().pending / id));
 }
 
 // --- dispatching --------------------------------------------------------------------------

@@ -104,6 +104,11 @@ public:
     // Gives a claimed item back unchanged: rename processing/<id> -> pending/<id>, fsync
     // pending/. Used when an attempt could not be finished (a spool error after the claim).
     void unclaim(const std::string& id) const;
+    // At a graceful stop, after every attempt has ended or been abandoned: all of
+    // processing/ back to pending/ unchanged (not counted as interrupted, unlike recover()),
+    // with one fsync of pending/. An item whose name is taken in pending/ stays where it
+    // is, for start-up recovery. Returns how many moved. Throws SpoolError.
+    std::size_t unclaim_all() const;
     std::filesystem::path processing_message(const std::string& id) const;
     // Delivered: remove processing/<id>.
     void remove(const std::string& id) const;
