@@ -128,33 +128,23 @@ TEST_F(LifecycleTest, CommitFailureAnswers451KeepsTheSessionAndLeavesNothingBehi
 
 // --- signals ----------------------------------------------------------------------------------------
 
-TEST_F(LifecycleTest, SigtermTellsAnIdleSession421AndExitsZero) {
-    ASSERT_TRUE(start_daemon({{"SHUTDOWN_GRACE_MS", "10000"}}));
-    auto idle = connect();
-    ASSERT_EQ(idle->ehlo().code, 250);
+TEST_F(LifecycleTest, SigtermAndSigintTellAnIdleSession421AndExitZero) {
+    for (const int sig : {SIGTERM, SIGINT}) {
+        SCOPED_TRACE(sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        ASSERT_TRUE(start_daemon({{"SHUTDOWN_GRACE_MS", "10000"}}));
+        auto idle = connect();
+        ASSERT_EQ(idle->ehlo().code, 250);
 
-    daemon().signal(SIGTERM);
-    const Reply reply = idle->read_reply();
-    EXPECT_EQ(reply.code, 421) << reply;
-    EXPECT_TRUE(idle->wait_closed()) << "the connection stays open after 421";
+        daemon().signal(sig);
+        const Reply reply = idle->read_reply();
+        EXPECT_EQ(reply.code, 421) << reply;
+        EXPECT_TRUE(idle->wait_closed()) << "the connection stays open after 421";
 
-    // An idle session does not hold the stop: well within the 10 s grace.
-    const auto status = daemon().wait_exit(std::chrono::seconds(5));
-    ASSERT_TRUE(status.has_value()) << "still running 5 s after SIGTERM with only an idle session";
-    EXPECT_TRUE(status->exited() && status->code() == 0) << status->describe();
-}
-
-TEST_F(LifecycleTest, SigintTellsAnIdleSession421AndExitsZero) {
-    ASSERT_TRUE(start_daemon({{"SHUTDOWN_GRACE_MS", "10000"}}));
-    auto idle = connect();
-    ASSERT_EQ(idle->ehlo().code, 250);
-
-    daemon().signal(SIGINT);
-    const Reply reply = idle->read_reply();
-    EXPECT_EQ(reply.code, 421) << reply;
-    const auto status = daemon().wait_exit(std::chrono::seconds(5));
-    ASSERT_TRUE(status.has_value()) << "still running 5 s after SIGINT";
-    EXPECT_TRUE(status->exited() && status->code() == 0) << status->describe();
+        // An idle session does not hold the stop: well within the 10 s grace.
+        const auto status = daemon().wait_exit(std::chrono::seconds(5));
+        ASSERT_TRUE(status.has_value()) << "still running 5 s after the signal with only an idle session";
+        EXPECT_TRUE(status->exited() && status->code() == 0) << status->describe();
+    }
 }
 
 TEST_F(LifecycleTest, SigtermLetsAMessageInDataFinishWithinTheGrace) {
