@@ -303,9 +303,9 @@ void Spool::ensure_dirs() const {
 
 RecoveryReport Spool::recover(std::int64_t max_interrupted) const {
     RecoveryReport report;
-    // Attempts cut short by a stop or crash go back to pending/ to be tried again. When
-    // pending/<id> exists too, the rename fails rather than replace it; the copy stays in
-    // processing/ for the operator instead of being deleted.
+    // Attempts cut short by a crash (a graceful stop hands its own back: unclaim_all) go
+    // back to pending/ to be tried again. When pending/<id> exists too, the rename fails
+    // rather than replace it; the copy stays in processing/ for the operator.
     for (const std::string& id : list_dir(layout_.processing, Entries::item_dirs)) {
         const fs::path from = layout_.processing / id;
         const fs::path to = layout_.pending / id;
@@ -321,7 +321,7 @@ RecoveryReport Spool::recover(std::int64_t max_interrupted) const {
             meta->interrupted_attempts += 1;
             if (meta->interrupted_attempts >= max_interrupted) {
                 meta->last_error = "delivery interrupted " + std::to_string(meta->interrupted_attempts) +
-                                   " times (the daemon stopped or crashed during the attempt)";
+                                   " times (the daemon crashed or was killed during the attempt)";
                 dead_letter(id, &*meta, *meta->last_error + ": set aside as a possible poison message");
                 ++report.poisoned;
                 continue;

@@ -34,8 +34,8 @@ struct Meta {
     Remote remote;
     std::optional<Clock::time_point> last_attempt_at;   // written after the first attempt
     std::optional<std::string> last_error;
-    // mxhook only ("interruptedAttempts", written when > 0): attempts cut short by a stop
-    // or crash of the daemon, counted at start-up so a poison message is dead-lettered
+    // mxhook only ("interruptedAttempts", written when > 0): attempts cut short by a
+    // crash or kill of the daemon, counted at start-up so a poison message is dead-lettered
     // instead of making the daemon crash-loop. haraka-webhook ignores the field.
     std::int64_t interrupted_attempts = 0;
 };
