@@ -143,8 +143,9 @@ TEST_F(DeliveryTest, BackoffDoublesUpToTheMaximum) {
         [&] {
             if (const auto meta = read_meta(pending_dir() / id)) {
                 const json& m = *meta;
-                if (m["attempts"].is_number_integer() && is_iso_string(m["lastAttemptAt"]) &&
-                    is_iso_string(m["nextAttemptAt"])) {
+                // (const operator[] must not be asked for a key that is not there yet)
+                if (m.contains("lastAttemptAt") && m.contains("nextAttemptAt") && m["attempts"].is_number_integer() &&
+                    is_iso_string(m["lastAttemptAt"]) && is_iso_string(m["nextAttemptAt"])) {
                     gap[m["attempts"].get<int>()] = iso_ms(m["nextAttemptAt"].get<std::string>()) -
                                                      iso_ms(m["lastAttemptAt"].get<std::string>());
                 }
