@@ -54,12 +54,45 @@ int run(const Config& config) {
         spdlog::info("tls: STARTTLS offered with {}", config.smtp_tls_cert_path);
     }
 
+    // Before anything is removed or moved: one owner per spool, and a layout in which
+    // recovery cannot touch acknowledged mail (a wrong setting stops the start instead).
     spool::Spool spool({config.spool_tmp_dir, config.spool_pending_dir, config.spool_processing_dir,
                         config.spool_dead_dir});
     spool.ensure_dirs();
+    const spool::InstanceLock lock(config.spool_dir);
+    {
+        // check_layout blames the later of two clashing directories: put the ones set
+        // apart from their default (the likelier mistake) last.
+        std::vector<spool::NamedDir> dirs{{"SPOOL_TMP_DIR", config.spool_tmp_dir},
+                                          {"SPOOL_PENDING_DIR", config.spool_pending_dir},
+                                          {"SPOOL_PROCESSING_DIR", config.spool_processing_dir},
+                                          {"SPOOL_DEAD_DIR", config.spool_dead_dir}};
+        const std::vector<std::filesystem::path> defaults{config.spool_dir / "tmp", config.spool_dir / "pending",
+                                                          config.spool_dir / "processing", config.spool_dir / "dead"};
+        std::vector<spool::NamedDir> ordered;
+        for (int overridden = 0; overridden < 2; ++overridden) {
+            for (std::size_t i = 0; i < dirs.size(); ++i) {
+                if ((dirs[i].path != defaults[i]) == (overridden == 1)) ordered.push_back(dirs[i]);
+            }
+        }
+        spool::check_layout(ordered);
+    }
     const auto recovered = spool.recover(config.max_interrupted_attempts);
+    for (const auto& name : recovered.removed_tmp_names) {
+        spdlog::info("spool: removed unacknowledged {}", (config.spool_tmp_dir / name).string());
+    }
+    for (const auto& name : recovered.foreign_tmp_names) {
+        spdlog::warn("spool: left {} alone: not a name mxhook gives its items",
+                     (config.spool_tmp_dir / name).string());
+    }
+    for (const auto& error : recovered.errors) spdlog::error("spool: {}", error);
     spdlog::info("spool: {} ready; {} item(s) back from processing, {} unacknowledged tmp item(s) removed",
                  config.spool_dir.string(), recovered.requeued, recovered.removed_tmp);
+    if (recovered.suspects.size() > 1) {
+        spdlog::warn("spool: {} deliveries were in flight when the last run ended; retrying them one at a time "
+                     "before anything else",
+                     recovered.suspects.size());
+    }
     if (recovered.poisoned > 0) {
         spdlog::error("spool: {} item(s) dead-lettered after {} interrupted delivery attempts (see dead/*/error.txt)",
                       recovered.poisoned, config.max_interrupted_attempts);
@@ -68,6 +101,7 @@ int run(const Config& config) {
     boost::asio::thread_pool pool(kWorkerThreads);
     http::Client client(io);
     webhook::Dispatcher dispatcher(io, pool, spool, client, config);
+    dispatcher.isolate(recovered.suspects);
     decision::Client decision(client, config);
 
     smtp::ProtocolSettings protocol;
@@ -178,6 +212,9 @@ int main(int argc, char** argv) {
     try {
         return run(config);
     } catch (const ConfigError& e) {  // e.g. a certificate that does not load
+        std::cerr << "mxhook: configuration error: " << e.what() << std::endl;
+        return 2;
+    } catch (const spool::LayoutError& e) {  // spool directories that overlap, or in use
         std::cerr << "mxhook: configuration error: " << e.what() << std::endl;
         return 2;
     } catch (const std::exception& e) {

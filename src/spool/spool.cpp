@@ -9,15 +9,19 @@
 #include <boost/uuid/random_generator.hpp>
 #include <boost/uuid/uuid_io.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <utility>
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -288,6 +292,113 @@ TmpItem::~TmpItem() {
     if (fd_ >= 0) ::close(fd_);
 }
 
+// --- Layout, instance lock ---------------------------------------------------------------
+
+bool is_item_name(std::string_view name) {
+    // <unix-ms>-
+    std::size_t i = 0;
+    while (i < name.size() && name[i] >= '0' && name[i] <= '9') ++i;
+    if (i < 10 || i > 16 || i >= name.size() || name[i] != '-') return false;
+    ++i;
+    // <uuid>: 8-4-4-4-12 hex digits (Haraka writes them in upper case)
+    for (const int group : {8, 4, 4, 4, 12}) {
+        for (int k = 0; k < group; ++k, ++i) {
+            if (i >= name.size() || std::isxdigit(static_cast<unsigned char>(name[i])) == 0) return false;
+        }
+        if (group != 12) {
+            if (i >= name.size() || name[i] != '-') return false;
+            ++i;
+        }
+    }
+    std::string_view rest = name.substr(i);
+    if (rest.size() > 1 && rest.front() == '.' && std::isdigit(static_cast<unsigned char>(rest[1])) != 0) {
+        std::size_t j = 1;  // ".<n>"
+        while (j < rest.size() && std::isdigit(static_cast<unsigned char>(rest[j])) != 0) ++j;
+        rest.remove_prefix(j);
+    }
+    return rest.empty() || rest == ".delivered";
+}
+
+void check_layout(const std::vector<NamedDir>& dirs) {
+    struct Resolved {
+        const NamedDir* dir;
+        fs::path real;
+        struct stat st;
+    };
+    std::vector<Resolved> resolved;
+    for (const NamedDir& dir : dirs) {
+        std::error_code ec;
+        fs::path real = fs::canonical(dir.path, ec);
+        if (ec) throw LayoutError(dir.variable, dir.path.string() + ": " + ec.message());
+        struct stat st {};
+        if (::stat(real.c_str(), &st) != 0) {
+            throw LayoutError(dir.variable, dir.path.string() + ": " + std::strerror(errno));
+        }
+        resolved.push_back({&dir, std::move(real), st});
+    }
+    // "inside": one path is a prefix of the other, component by component.
+    auto inside = [](const fs::path& inner, const fs::path& outer) {
+        auto o = outer.begin();
+        auto i = inner.begin();
+        for (; o != outer.end(); ++o, ++i) {
+            if (i == inner.end() || *i != *o) return false;
+        }
+        return true;
+    };
+    for (std::size_t a = 0; a < resolved.size(); ++a) {
+        for (std::size_t b = 0; b < a; ++b) {
+            const Resolved& later = resolved[a];
+            const Resolved& earlier = resolved[b];
+            const std::string said = later.dir->path.string() + (later.real == later.dir->path ? "" : " (" + later.real.string() + ")");
+            if (later.st.st_dev == earlier.st.st_dev && later.st.st_ino == earlier.st.st_ino) {
+                throw LayoutError(later.dir->variable, said + " is the same directory as " + earlier.dir->variable +
+                                                           ": each spool state needs a directory of its own");
+            }
+            if (inside(later.real, earlier.real) || inside(earlier.real, later.real)) {
+                throw LayoutError(later.dir->variable,
+                                  said + (inside(later.real, earlier.real) ? " is inside " : " contains ") +
+                                      earlier.dir->variable + " (" + earlier.real.string() +
+                                      "): spool state directories must not nest");
+            }
+            if (later.st.st_dev != earlier.st.st_dev) {
+                throw LayoutError(later.dir->variable,
+                                  said + " is on another filesystem than " + earlier.dir->variable + " (" +
+                                      earlier.real.string() + "): items move between them by rename(2)");
+            }
+        }
+    }
+}
+
+InstanceLock::InstanceLock(const fs::path& spool_dir) {
+    const fs::path path = spool_dir / ".lock";
+    std::error_code ignored;  // SPOOL_DIR holds no state directory when all four are set apart
+    fs::create_directories(spool_dir, ignored);
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, kFileMode);
+    if (fd_ < 0) throw LayoutError("SPOOL_DIR", "cannot open " + path.string() + ": " + std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+        const int err = errno;
+        std::string holder;
+        char buf[32] = {};
+        if (::pread(fd_, buf, sizeof buf - 1, 0) > 0) holder = std::string(buf).substr(0, std::string(buf).find('\n'));
+        ::close(std::exchange(fd_, -1));
+        if (err == EWOULDBLOCK) {
+            throw LayoutError("SPOOL_DIR", spool_dir.string() + " is in use by another mxhook process" +
+                                               (holder.empty() ? std::string() : " (pid " + holder + ")") +
+                                               ": only one instance may run on a spool");
+        }
+        throw LayoutError("SPOOL_DIR", "cannot lock " + path.string() + ": " + std::strerror(err));
+    }
+    // For the operator: who holds it. Best effort; the lock is what counts.
+    const std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd_, 0) == 0) {
+        [[maybe_unused]] const ssize_t written = ::pwrite(fd_, pid.data(), pid.size(), 0);
+    }
+}
+
+InstanceLock::~InstanceLock() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
 // --- Spool: set-up --------------------------------------------------------------------------
 
 Spool::Spool(Layout layout)
@@ -303,40 +414,63 @@ void Spool::ensure_dirs() const {
 
 RecoveryReport Spool::recover(std::int64_t max_interrupted) const {
     RecoveryReport report;
+    // tmp/ first: it holds only what was never acknowledged (or already delivered), and
+    // clearing it frees space for the meta.json rewrites below when the disk is full.
+    for (const std::string& name : list_dir(layout_.tmp, Entries::all)) {
+        if (!is_item_name(name)) {
+            report.foreign_tmp_names.push_back(name);
+            continue;
+        }
+        remove_tree(layout_.tmp / name);
+        report.removed_tmp_names.push_back(name);
+        ++report.removed_tmp;
+    }
+
     // Attempts cut short by a crash (a graceful stop hands its own back: unclaim_all) go
     // back to pending/ to be tried again. When pending/<id> exists too, the rename fails
     // rather than replace it; the copy stays in processing/ for the operator.
-    for (const std::string& id : list_dir(layout_.processing, Entries::item_dirs)) {
+    std::vector<std::string> in_flight = list_dir(layout_.processing, Entries::item_dirs);
+    std::sort(in_flight.begin(), in_flight.end());
+    // Only an item that was alone in flight can be blamed for the crash: with several,
+    // any one of them (or none) may be the cause, and counting all would condemn
+    // bystanders. Those are retried one at a time (report.suspects), so that a poison
+    // message is soon alone when it strikes again.
+    const bool alone = in_flight.size() == 1;
+    for (const std::string& id : in_flight) {
         const fs::path from = layout_.processing / id;
         const fs::path to = layout_.pending / id;
-        // Count the interruption. An item that keeps being in flight when the daemon dies
-        // is likely what kills it: after max_interrupted it is set aside, never retried.
-        // (An unreadable meta.json is left to the dispatcher, which dead-letters it.)
-        std::optional<Meta> meta;
-        try {
-            meta = parse_meta(read_file(from / kMetaFile));
-        } catch (const std::runtime_error&) {
-        }
-        if (meta) {
-            meta->interrupted_attempts += 1;
-            if (meta->interrupted_attempts >= max_interrupted) {
-                meta->last_error = "delivery interrupted " + std::to_string(meta->interrupted_attempts) +
-                                   " times (the daemon crashed or was killed during the attempt)";
-                dead_letter(id, &*meta, *meta->last_error + ": set aside as a possible poison message");
-                ++report.poisoned;
-                continue;
+        if (alone) {
+            // (An unreadable meta.json is left to the dispatcher, which dead-letters it.)
+            std::optional<Meta> meta;
+            try {
+                meta = parse_meta(read_file(from / kMetaFile));
+            } catch (const std::runtime_error&) {
             }
-            replace_file_durable(from / kMetaFile, to_json(*meta));
+            if (meta) {
+                meta->interrupted_attempts += 1;
+                try {
+                    if (meta->interrupted_attempts >= max_interrupted) {
+                        meta->last_error = "delivery interrupted " + std::to_string(meta->interrupted_attempts) +
+                                           " times (the daemon crashed or was killed during the attempt, "
+                                           "with no other delivery in flight)";
+                        dead_letter(id, &*meta, *meta->last_error + ": set aside as a possible poison message");
+                        ++report.poisoned;
+                        continue;
+                    }
+                    replace_file_durable(from / kMetaFile, to_json(*meta));
+                } catch (const SpoolError& e) {
+                    // No space to record it (or to move it): requeue it uncounted rather
+                    // than fail the start; it is still retried alone.
+                    report.errors.push_back("id=" + id + ": interrupted attempt not counted: " + e.what());
+                }
+            }
         }
-        if (rename_dir_unless_taken(from, to)) ++report.requeued;
+        if (rename_dir_unless_taken(from, to)) {
+            ++report.requeued;
+            report.suspects.push_back(id);
+        }
     }
     if (report.requeued > 0) sync_dir(layout_.pending);
-
-    // tmp/ holds only what was never acknowledged (or already delivered): all of it can go.
-    for (const std::string& name : list_dir(layout_.tmp, Entries::all)) {
-        remove_tree(layout_.tmp / name);
-        ++report.removed_tmp;
-    }
     return report;
 }
 

@@ -14,6 +14,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
 #include <system_error>
 
 namespace mxhook::webhook {
@@ -25,26 +27,64 @@ Dispatcher::Dispatcher(asio::io_context& io, asio::thread_pool& pool, const spoo
                        http::Client& client, const Config& config)
     : io_(io), pool_(pool), spool_(spool), client_(client), config_(config), scan_timer_(io) {}
 
-void Dispatcher::start() { asio::co_spawn(io_, scan_loop(), asio::detached); }
+namespace {
+
+// When an item found on disk became due, as far as its name tells: ids start with the
+// time of acknowledgment in ms. Names that don't (an operator's) count as oldest.
+Clock::time_point arrival_time(const std::string& id) {
+    std::int64_t ms = 0;
+    const auto [end, ec] = std::from_chars(id.data(), id.data() + id.size(), ms);
+    if (ec != std::errc() || end == id.data()) return Clock::time_point{};
+    return Clock::time_point{std::chrono::milliseconds(ms)};
+}
+
+}  // namespace
+
+void Dispatcher::isolate(std::vector<std::string> suspects) {
+    for (auto& id : suspects) {
+        if (busy_.insert(id).second) suspects_.push_back(std::move(id));
+    }
+    isolating_ = !suspects_.empty();
+}
+
+void Dispatcher::start() {
+    asio::co_spawn(io_, scan_loop(), asio::detached);
+    pump();
+}
 
 void Dispatcher::notify(const std::string& id) {
     not_before_.erase(id);
-    // A fresh message goes ahead of any backlog the scan has queued, so it is sent at
-    // once even while old retries drain after an outage.
-    enqueue(id, /*front=*/true);
+    // The time in the id, not now: the scan may queue the same kind of item by its id,
+    // and both must sort on one clock.
+    enqueue(id, arrival_time(id));
 }
 
-void Dispatcher::enqueue(const std::string& id, bool front) {
+void Dispatcher::enqueue(const std::string& id, Clock::time_point due) {
     if (stopping_ || !busy_.insert(id).second) return;
-    if (front) queue_.push_front(id);
-    else queue_.push_back(id);
+    ready_.emplace(due, id);
     pump();
 }
 
 void Dispatcher::pump() {
-    while (!stopping_ && in_flight_ < config_.webhook_concurrency && !queue_.empty()) {
-        std::string id = std::move(queue_.front());
-        queue_.pop_front();
+    if (isolating_) {
+        // Isolation after a crash: nothing else is claimed until every suspect has had
+        // its attempt, alone, and the last one has ended.
+        if (stopping_ || in_flight_ > 0) return;
+        if (suspects_.empty()) isolating_ = false;
+    }
+    if (isolating_) {
+        std::string id = std::move(suspects_.front());
+        suspects_.pop_front();
+        spdlog::info("dispatch id={}: retrying alone (in flight when the last run died; {} more to go)", id,
+                     suspects_.size());
+        ++in_flight_;
+        asio::co_spawn(io_, deliver(std::move(id)), asio::detached);
+        return;
+    }
+    while (!stopping_ && in_flight_ < config_.webhook_concurrency && !ready_.empty()) {
+        auto first = ready_.begin();
+        std::string id = std::move(first->second);
+        ready_.erase(first);
         ++in_flight_;
         asio::co_spawn(io_, deliver(std::move(id)), asio::detached);
     }
@@ -67,7 +107,8 @@ void Dispatcher::delivery_done(const std::string& id) {
 void Dispatcher::stop(std::function<void()> on_idle) {
     stopping_ = true;
     scan_timer_.cancel();
-    queue_.clear();
+    ready_.clear();
+    suspects_.clear();
     on_idle_ = std::move(on_idle);
     if (in_flight_ == 0 && on_idle_) {
         auto done = std::move(on_idle_);
@@ -78,11 +119,21 @@ void Dispatcher::stop(std::function<void()> on_idle) {
 
 awaitable<void> Dispatcher::scan_loop() {
     while (!stopping_) {
-        co_await scan_once();
+        // Whatever goes wrong in one scan, the next one still comes: a scan loop that
+        // died would leave every retry waiting for a restart.
+        try {
+            co_await scan_once();
+        } catch (const std::exception& e) {
+            spdlog::error("dispatch: retry scan failed, next in {} ms: {}", config_.retry_scan_interval.count(),
+                          e.what());
+        } catch (...) {
+            spdlog::error("dispatch: retry scan failed, next in {} ms", config_.retry_scan_interval.count());
+        }
         scan_timer_.expires_after(config_.retry_scan_interval);
         co_await scan_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
     }
 }
+
 
 awaitable<void> Dispatcher::scan_once() {
     std::vector<std::string> ids;
@@ -96,8 +147,6 @@ awaitable<void> Dispatcher::scan_once() {
     }
     co_await sweep_processing(in_processing);
 
-    // Ids start with the arrival time in ms, so sorting delivers the oldest first.
-    std::sort(ids.begin(), ids.end());
     const auto now = Clock::now();
     std::unordered_map<std::string, Clock::time_point> still_waiting;
     for (const auto& id : ids) {
@@ -106,7 +155,7 @@ awaitable<void> Dispatcher::scan_once() {
             still_waiting.insert(*known);
             continue;
         }
-        enqueue(id);
+        enqueue(id, known != not_before_.end() ? known->second : arrival_time(id));
     }
     // Forget retry times of items that left pending/ by other means (an operator).
     for (const auto& id : busy_) {
@@ -241,36 +290,29 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
         response.error = reason;  // a passing read error: counts as a failed attempt
     }
 
-    const Outcome outcome = response.error.empty() ? classify(response.status) : Outcome::retry;
     const auto status = response.status == 0 ? std::string("none") : std::to_string(response.status);
-    if (outcome == Outcome::delivered) {
-        co_await run_blocking(pool_, [this, &id] { spool_.remove(id); });
-        not_before_.erase(id);
-        spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, url, status,
-                     response.duration.count());
-        co_return;
+    Settlement settled = settle(response.status, response.error, std::move(meta), Clock::now(),
+                                {config_.retry_interval, config_.retry_max_interval});
+    switch (settled.action) {
+        case Settle::remove:
+            co_await run_blocking(pool_, [this, &id] { spool_.remove(id); });
+            not_before_.erase(id);
+            spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, url, status,
+                         response.duration.count());
+            break;
+        case Settle::dead_letter:
+            co_await run_blocking(pool_, [this, &id, &settled] { spool_.dead_letter(id, &settled.meta, ""); });
+            spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, url, status,
+                         response.duration.count());
+            break;
+        case Settle::release:
+            co_await run_blocking(pool_, [this, &id, &settled] { spool_.release(id, settled.meta); });
+            not_before_[id] = *settled.meta.next_attempt_at;
+            spdlog::warn("delivery id={} url={} status={} ms={} outcome=retry attempts={} error=\"{}\" next={}", id,
+                         url, status, response.duration.count(), settled.meta.attempts, *settled.meta.last_error,
+                         spool::iso8601(*settled.meta.next_attempt_at));
+            break;
     }
-
-    // As haraka-webhook: the attempt is stamped, and the back-off counted, from when its
-    // outcome is known, so a timed-out POST does not eat into the next interval.
-    const auto finished = Clock::now();
-    meta.attempts += 1;
-    meta.last_attempt_at = finished;
-    if (outcome == Outcome::dead) {
-        meta.last_error = "webhook returned 406";
-        co_await run_blocking(pool_, [this, &id, &meta] { spool_.dead_letter(id, &meta, ""); });
-        spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, url, status,
-                     response.duration.count());
-        co_return;
-    }
-    meta.last_error = response.error.empty() ? "webhook returned " + status : response.error;
-    const auto next = finished + retry_delay(config_.retry_interval, config_.retry_max_interval, meta.attempts);
-    meta.next_attempt_at = next;
-    co_await run_blocking(pool_, [this, &id, &meta] { spool_.release(id, meta); });
-    not_before_[id] = next;
-    spdlog::warn("delivery id={} url={} status={} ms={} outcome=retry attempts={} error=\"{}\" next={}", id,
-                 url, status, response.duration.count(), meta.attempts, *meta.last_error,
-                 spool::iso8601(next));
 }
 
 }  // namespace mxhook::webhook

@@ -109,7 +109,7 @@ std::string payload_prefix(const spool::Meta& meta, std::string_view signing_key
     std::string recipients;
     for (const auto& rcpt : meta.recipients) {
         if (!recipients.empty()) recipients += ',';
-        recipients += rcpt;
+        recipients += spool::bare_address(rcpt);  // haraka-webhook stored "<rcpt@example.com>"
     }
     const std::string timestamp = std::to_string(
         std::chrono::floor<std::chrono::seconds>(now.time_since_epoch()).count());

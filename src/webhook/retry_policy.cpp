@@ -1,6 +1,7 @@
 #include "mxhook/webhook/retry_policy.hpp"
 
 #include <algorithm>
+#include <utility>
 
 namespace mxhook::webhook {
 
@@ -27,6 +28,23 @@ std::chrono::milliseconds retry_delay(std::chrono::milliseconds interval,
         delay = delay > cap / 2 ? cap : delay * 2;
     }
     return std::chrono::milliseconds{std::min(delay, cap)};
+}
+
+Settlement settle(long http_status, const std::string& transport_error, spool::Meta meta,
+                  std::chrono::system_clock::time_point finished, const RetrySettings& settings) {
+    const Outcome outcome = transport_error.empty() ? classify(http_status) : Outcome::retry;
+    if (outcome == Outcome::delivered) return {Settle::remove, std::move(meta)};
+    meta.attempts += 1;
+    meta.last_attempt_at = finished;
+    if (outcome == Outcome::dead) {
+        meta.last_error = "webhook returned 406";
+        return {Settle::dead_letter, std::move(meta)};
+    }
+    meta.last_error = transport_error.empty()
+                          ? "webhook returned " + (http_status == 0 ? std::string("none") : std::to_string(http_status))
+                          : transport_error;
+    meta.next_attempt_at = finished + retry_delay(settings.interval, settings.max_interval, meta.attempts);
+    return {Settle::release, std::move(meta)};
 }
 
 }  // namespace mxhook::webhook

@@ -5,6 +5,10 @@
 namespace mxhook::webhook {
 
 std::string local_part(std::string_view address) {
+    // "<admin@example.com>", as haraka-webhook stored recipients, is the same address.
+    if (address.size() >= 2 && address.front() == '<' && address.back() == '>') {
+        address = address.substr(1, address.size() - 2);
+    }
     const auto at = address.rfind('@');
     std::string_view local = at == std::string_view::npos ? address : address.substr(0, at);
     while (!local.empty() && (local.front() == ' ' || local.front() == '\t')) local.remove_prefix(1);

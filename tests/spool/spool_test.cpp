@@ -6,7 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -361,11 +363,135 @@ TEST_F(SpoolTest, RecoverRequeuesProcessingAndClearsTmp) {
 
     const RecoveryReport report = spool().recover();
     EXPECT_EQ(report.requeued, 2u);
-    EXPECT_EQ(report.removed_tmp, 2u);
+    EXPECT_EQ(report.removed_tmp, 1u);
+    EXPECT_EQ(report.removed_tmp_names, std::vector<std::string>{unfinished.id()});
+    // Not a name the spool makes: a misconfigured SPOOL_TMP_DIR must not cost its files.
+    EXPECT_EQ(report.foreign_tmp_names, std::vector<std::string>{"stray-file"});
     EXPECT_TRUE(entries(layout().processing).empty());
-    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_EQ(entries(layout().tmp), (std::set<std::string>{"stray-file"}));
     EXPECT_EQ(entries(layout().pending), (std::set<std::string>{a, b}));
     EXPECT_EQ(slurp(layout().pending / a / "message.eml"), "a");
+}
+
+// Several in flight at the crash: none is blamed, all are suspects to retry alone.
+TEST_F(SpoolTest, RecoverCountsNoInterruptionWhenSeveralWereInFlight) {
+    std::vector<std::string> ids;
+    for (int i = 0; i < 8; ++i) ids.push_back(receive("m"));
+    for (const auto& id : ids) ASSERT_TRUE(spool().claim(id));
+    for (int crash = 0; crash < 3; ++crash) {
+        const RecoveryReport report = spool().recover(3);
+        EXPECT_EQ(report.poisoned, 0u);
+        EXPECT_EQ(report.requeued, 8u);
+        std::vector<std::string> sorted = ids;
+        std::sort(sorted.begin(), sorted.end());
+        EXPECT_EQ(report.suspects, sorted);
+        for (const auto& id : ids) {
+            EXPECT_EQ(spool().read_pending_meta(id).interrupted_attempts, 0) << id;
+            ASSERT_TRUE(spool().claim(id));
+        }
+    }
+    EXPECT_TRUE(entries(layout().dead).empty());
+}
+
+// Alone in flight at the crash: that item counts it, and at the limit it is set aside.
+TEST_F(SpoolTest, RecoverBlamesAnItemThatWasAloneInFlight) {
+    const std::string poison = receive("poison");
+    for (int crash = 1; crash <= 2; ++crash) {
+        ASSERT_TRUE(spool().claim(poison));
+        const RecoveryReport report = spool().recover(3);
+        EXPECT_EQ(report.suspects, std::vector<std::string>{poison});
+        EXPECT_EQ(spool().read_pending_meta(poison).interrupted_attempts, crash);
+    }
+    ASSERT_TRUE(spool().claim(poison));
+    const RecoveryReport report = spool().recover(3);
+    EXPECT_EQ(report.poisoned, 1u);
+    EXPECT_TRUE(report.suspects.empty());
+    EXPECT_EQ(entries(layout().dead), (std::set<std::string>{poison}));
+    EXPECT_NE(slurp(layout().dead / poison / "error.txt").find("interrupted 3 times"), std::string::npos);
+}
+
+TEST(SpoolNamesTest, OnlyItemNamesAreItemNames) {
+    EXPECT_TRUE(is_item_name(new_id()));
+    EXPECT_TRUE(is_item_name(new_id() + ".delivered"));
+    EXPECT_TRUE(is_item_name("1732554194123-4F1C2D3E-AAAA-4BBB-8CCC-0123456789AB.1"));  // Haraka's
+    for (const char* name : {"", "stray-file", ".lock", "systemd-private-abc", "1732554194123-",
+                             "1732554194123-not-a-uuid", "12-0f8e1c2d-aaaa-4bbb-8ccc-0123456789ab",
+                             "1732554194123-0f8e1c2d-aaaa-4bbb-8ccc-0123456789ab.tmp",
+                             "1732554194123-0f8e1c2d-aaaa-4bbb-8ccc-0123456789abc"}) {
+        EXPECT_FALSE(is_item_name(name)) << name;
+    }
+}
+
+class SpoolLayoutTest : public SpoolTest {
+protected:
+    std::vector<NamedDir> named() {
+        return {{"SPOOL_TMP_DIR", layout().tmp},
+                {"SPOOL_PENDING_DIR", layout().pending},
+                {"SPOOL_PROCESSING_DIR", layout().processing},
+                {"SPOOL_DEAD_DIR", layout().dead}};
+    }
+    static std::string error_of(const std::vector<NamedDir>& dirs) {
+        try {
+            check_layout(dirs);
+        } catch (const LayoutError& e) {
+            return e.what();
+        }
+        return "";
+    }
+};
+
+TEST_F(SpoolLayoutTest, TheDefaultLayoutPasses) { EXPECT_EQ(error_of(named()), ""); }
+
+TEST_F(SpoolLayoutTest, OverlapsNameTheVariable) {
+    auto dirs = named();
+    dirs[0].path = layout().pending;  // SPOOL_TMP_DIR = the pending directory
+    EXPECT_EQ(error_of(dirs).rfind("SPOOL_PENDING_DIR: ", 0), 0u) << error_of(dirs);
+    EXPECT_NE(error_of(dirs).find("same directory as SPOOL_TMP_DIR"), std::string::npos);
+
+    dirs = named();
+    dirs[0].path = layout().tmp.parent_path();  // SPOOL_TMP_DIR = SPOOL_DIR: the others inside it
+    EXPECT_EQ(error_of(dirs).rfind("SPOOL_PENDING_DIR: ", 0), 0u) << error_of(dirs);
+    EXPECT_NE(error_of(dirs).find("inside SPOOL_TMP_DIR"), std::string::npos);
+
+    dirs = named();
+    fs::create_directories(layout().pending / "nested");
+    dirs[3].path = layout().pending / "nested";
+    EXPECT_EQ(error_of(dirs).rfind("SPOOL_DEAD_DIR: ", 0), 0u) << error_of(dirs);
+
+    dirs = named();  // the same directory through a symlink
+    fs::create_directory_symlink(layout().processing, root_ / "alias");
+    dirs[3].path = root_ / "alias";
+    EXPECT_EQ(error_of(dirs).rfind("SPOOL_DEAD_DIR: ", 0), 0u) << error_of(dirs);
+
+    dirs = named();
+    dirs[2].path = root_ / "missing";
+    EXPECT_EQ(error_of(dirs).rfind("SPOOL_PROCESSING_DIR: ", 0), 0u) << error_of(dirs);
+}
+
+TEST_F(SpoolLayoutTest, AnotherFilesystemIsRefused) {
+    struct stat here {}, shm {};
+    if (::stat(layout().tmp.c_str(), &here) != 0 || ::stat("/dev/shm", &shm) != 0 || here.st_dev == shm.st_dev) {
+        GTEST_SKIP() << "no second filesystem at /dev/shm";
+    }
+    auto dirs = named();
+    dirs[3].path = "/dev/shm";
+    EXPECT_NE(error_of(dirs).find("another filesystem"), std::string::npos) << error_of(dirs);
+}
+
+TEST_F(SpoolLayoutTest, OnlyOneInstanceLockAtATime) {
+    const fs::path dir = root_ / "spool";
+    std::optional<InstanceLock> first(std::in_place, dir);
+    try {
+        InstanceLock second(dir);
+        ADD_FAILURE() << "a second lock on the same spool was granted";
+    } catch (const LayoutError& e) {
+        EXPECT_EQ(e.variable(), "SPOOL_DIR");
+        EXPECT_NE(std::string(e.what()).find("in use by another mxhook process (pid " + std::to_string(::getpid())),
+                  std::string::npos)
+            << e.what();
+    }
+    first.reset();
+    EXPECT_NO_THROW(InstanceLock again(dir));
 }
 
 // A graceful stop: processing/ back to pending/ as it is (no interruption counted), one

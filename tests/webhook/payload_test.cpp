@@ -184,6 +184,16 @@ TEST(PayloadPrefixTest, FieldOrderAndValuesWithKey) {
     EXPECT_EQ(field(fields, "body-mime"), "");
 }
 
+// haraka-webhook stored envelope addresses the Haraka way; every one is posted bare.
+TEST(PayloadPrefixTest, HarakaStyleAddressesArePostedBare) {
+    auto meta = sample_meta();
+    meta.sender = "<alice@example.org>";
+    meta.recipients = {"<old-rcpt@example.com>", "<second@example.net>"};
+    auto fields = parse_form(payload_prefix(meta, "", now));
+    EXPECT_EQ(field(fields, "recipient"), "old-rcpt@example.com,second@example.net");
+    EXPECT_EQ(field(fields, "sender"), "alice@example.org");
+}
+
 TEST(PayloadPrefixTest, ExactEncodingOfTheFixedFields) {
     auto prefix = payload_prefix(sample_meta(), "", now);
     EXPECT_TRUE(prefix.starts_with(

@@ -25,6 +25,45 @@ TEST(RetryClassifyTest, EverythingElseIsRetried) {
     }
 }
 
+spool::Meta fresh_meta() {
+    spool::Meta meta;
+    meta.id = "1764090194123-0f8e1c2d-aaaa-4bbb-8ccc-0123456789ab";
+    meta.recipients = {"bob@example.com"};
+    return meta;
+}
+
+TEST(SettleTest, DeliveredRemovesAndLeavesTheMetaAlone) {
+    const auto settled = settle(204, "", fresh_meta(), std::chrono::system_clock::now(), {30s, 1h});
+    EXPECT_EQ(settled.action, Settle::remove);
+    EXPECT_EQ(settled.meta.attempts, 0);
+}
+
+TEST(SettleTest, NotAcceptableDeadLettersWithTheAttemptCounted) {
+    const auto finished = std::chrono::system_clock::now();
+    const auto settled = settle(406, "", fresh_meta(), finished, {30s, 1h});
+    EXPECT_EQ(settled.action, Settle::dead_letter);
+    EXPECT_EQ(settled.meta.attempts, 1);
+    EXPECT_EQ(settled.meta.last_attempt_at, finished);
+    EXPECT_EQ(settled.meta.last_error, "webhook returned 406");
+}
+
+TEST(SettleTest, FailuresReleaseWithTheBackOffCountedFromTheEnd) {
+    const auto finished = std::chrono::system_clock::now();
+    auto meta = fresh_meta();
+    meta.attempts = 2;
+    auto settled = settle(500, "", meta, finished, {30s, 1h});
+    EXPECT_EQ(settled.action, Settle::release);
+    EXPECT_EQ(settled.meta.attempts, 3);
+    EXPECT_EQ(settled.meta.next_attempt_at, finished + 120s);
+    EXPECT_EQ(settled.meta.last_error, "webhook returned 500");
+
+    // A transport error wins over whatever status came with it.
+    settled = settle(200, "Timeout was reached", fresh_meta(), finished, {30s, 1h});
+    EXPECT_EQ(settled.action, Settle::release);
+    EXPECT_EQ(settled.meta.last_error, "Timeout was reached");
+    EXPECT_EQ(settled.meta.next_attempt_at, finished + 30s);
+}
+
 TEST(RetryDelayTest, DoublesFromTheInterval) {
     EXPECT_EQ(retry_delay(30s, 1h, 1), 30s);
     EXPECT_EQ(retry_delay(30s, 1h, 2), 60s);

@@ -26,6 +26,7 @@ TEST(LocalPart, IsTheTextBeforeTheAtLowerCased) {
     EXPECT_EQ(local_part("user@example.com"), "user");
     EXPECT_EQ(local_part("PostMaster@Example.COM"), "postmaster");
     EXPECT_EQ(local_part("first.last+tag@example.com"), "first.last+tag");
+    EXPECT_EQ(local_part("<Admin@example.com>"), "admin");  // as haraka-webhook stored it
 }
 
 TEST(LocalPart, UsesTheLastAt) {

@@ -14,7 +14,9 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <stdexcept>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 namespace mxhook::spool {
@@ -60,6 +62,59 @@ struct RecoveryReport {
     std::size_t requeued = 0;      // processing/* moved back to pending/
     std::size_t poisoned = 0;      // processing/* dead-lettered: interrupted too often
     std::size_t removed_tmp = 0;   // stale tmp/* removed (never acknowledged)
+    // Items that were in flight when the process died, back in pending/: the dispatcher
+    // retries them one at a time before it claims anything else, so that a crash during
+    // such an attempt can be blamed on that one item. Sorted (oldest first).
+    std::vector<std::string> suspects;
+    // For the log: every tmp/ entry removed, and entries left alone because they are not
+    // names the spool makes (a misconfigured SPOOL_TMP_DIR must not cost anyone's files).
+    std::vector<std::string> removed_tmp_names;
+    std::vector<std::string> foreign_tmp_names;
+    // Interruptions that could not be counted (meta.json not rewritable, e.g. a full
+    // disk): the item is requeued uncounted and the error kept for the log.
+    std::vector<std::string> errors;
+};
+
+// A spool directory as configured, with the variable that names it (for error messages).
+struct NamedDir {
+    std::string variable;
+    std::filesystem::path path;
+};
+
+// Thrown by check_layout and InstanceLock: what is wrong, naming the variable.
+class LayoutError : public std::runtime_error {
+public:
+    LayoutError(std::string variable, const std::string& what)
+        : std::runtime_error(variable + ": " + what), variable_(std::move(variable)) {}
+    const std::string& variable() const { return variable_; }
+
+private:
+    std::string variable_;
+};
+
+// The four state directories (which must exist) are distinct, none inside another, and
+// all on one filesystem (every transition is a rename). Resolves symlinks. Throws
+// LayoutError naming, of two directories that clash, the one later in `dirs`.
+void check_layout(const std::vector<NamedDir>& dirs);
+
+// True for the names the spool gives items and their leftovers in tmp/ (and for
+// haraka-webhook's): "<unix-ms>-<uuid>", optionally ".<n>" (Haraka's transaction
+// counter) and ".delivered" (an item on its way out). Nothing else is ever removed.
+bool is_item_name(std::string_view name);
+
+// Only one process may own a spool: recovery wipes tmp/ and requeues processing/, which
+// would destroy the work of a second instance. Holds an exclusive flock(2) on
+// SPOOL_DIR/.lock (the file is left in place; the lock goes with the process, even on
+// kill -9). Throws LayoutError(SPOOL_DIR) when another process holds it.
+class InstanceLock {
+public:
+    explicit InstanceLock(const std::filesystem::path& spool_dir);
+    ~InstanceLock();
+    InstanceLock(const InstanceLock&) = delete;
+    InstanceLock& operator=(const InstanceLock&) = delete;
+
+private:
+    int fd_ = -1;
 };
 
 class Spool {
@@ -69,9 +124,13 @@ public:
 
     // Creates the four directories (0700) if missing. Throws SpoolError.
     void ensure_dirs() const;
-    // Start-up recovery: processing/* back to pending/ (each counts an interrupted attempt
-    // in its meta.json; at max_interrupted it goes to dead/ with error.txt instead: a
-    // poison message), stale tmp/* removed.
+    // Start-up recovery, after a crash (a graceful stop leaves processing/ empty):
+    //  1. tmp/: entries named like items (is_item_name) are removed first, which frees
+    //     space on a full disk; anything else is left alone and reported.
+    //  2. processing/ back to pending/. Only an item that was alone in processing/ can
+    //     have killed the process: it counts an interrupted attempt in its meta.json, and
+    //     at max_interrupted goes to dead/ with error.txt instead (a poison message).
+    //     When several were in flight none is counted: each is a suspect, retried alone.
     RecoveryReport recover(std::int64_t max_interrupted = 3) const;
 
     // --- receiving (smtp session) ---

@@ -3,7 +3,10 @@
 // POSTs the signed payload through the shared HTTP client, and then deletes the item
 // (2xx), dead-letters it (406, unreadable) or puts it back in pending/ with its next
 // attempt time (anything else). Freshly queued messages are dispatched at once; a scan
-// every RETRY_SCAN_INTERVAL_MS picks up due retries and items found on disk.
+// every RETRY_SCAN_INTERVAL_MS picks up due retries and items found on disk. Items wait
+// for a slot in order of when they became due (a fresh message: its acknowledgment; a
+// retry: its next attempt time), so neither a backlog of retries nor a stream of fresh
+// mail starves the other.
 // Runs on the io_context thread; all disk work goes to the worker pool.
 
 #include "mxhook/config.hpp"
@@ -21,6 +24,8 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <set>
+#include <utility>
 #include <vector>
 
 namespace mxhook::webhook {
@@ -30,6 +35,10 @@ public:
     Dispatcher(boost::asio::io_context& io, boost::asio::thread_pool& pool, const spool::Spool& spool,
                http::Client& client, const Config& config);
 
+    // Items that were in flight when the last run died (spool::RecoveryReport::suspects):
+    // delivered one at a time, before anything else is claimed, so that a crash during
+    // one of them is that item's alone. Call before start().
+    void isolate(std::vector<std::string> suspects);
     void start();
     // A message was just committed to pending/: deliver it now.
     void notify(const std::string& id);
@@ -44,7 +53,8 @@ private:
     boost::asio::awaitable<void> deliver(std::string id);
     boost::asio::awaitable<void> attempt(const std::string& id);
     boost::asio::awaitable<void> sweep_processing(const std::vector<std::string>& in_processing);
-    void enqueue(const std::string& id, bool front = false);
+    // Queues the item for a delivery slot, ordered by `due` (then by id).
+    void enqueue(const std::string& id, std::chrono::system_clock::time_point due);
     void pump();
     void delivery_done(const std::string& id);
 
@@ -54,7 +64,9 @@ private:
     http::Client& client_;
     const Config& config_;
     boost::asio::steady_timer scan_timer_;
-    std::deque<std::string> queue_;                 // ids waiting for a delivery slot
+    std::set<std::pair<std::chrono::system_clock::time_point, std::string>> ready_;  // waiting for a slot
+    std::deque<std::string> suspects_;              // isolate(): one at a time, before ready_
+    bool isolating_ = false;                        // until the last suspect's attempt has ended
     std::unordered_set<std::string> busy_;          // ids queued or in flight
     std::unordered_map<std::string, std::chrono::system_clock::time_point> not_before_;  // known retry times
     std::size_t in_flight_ = 0;
