@@ -361,6 +361,10 @@ Config load_config(const EnvLookup& env) {
     c.webhook_timeout = reader.millis("WEBHOOK_TIMEOUT_MS", c.webhook_timeout);
     c.webhook_recipient_mode = parse_choice<RecipientMode>(
         reader, "WEBHOOK_RECIPIENT_MODE", {{"joined", RecipientMode::joined}, {"each", RecipientMode::each}});
+    c.webhook_encoding = parse_choice<WebhookEncoding>(reader, "WEBHOOK_ENCODING",
+                                                       {{"auto", WebhookEncoding::auto_detect},
+                                                        {"urlencoded", WebhookEncoding::urlencoded},
+                                                        {"multipart", WebhookEncoding::multipart}});
 
     c.webhook_role_url = parse_http_url(reader, "WEBHOOK_ROLE_URL", /*required=*/false);
     if (auto roles = reader.get("ROLE_ADDRESSES")) {

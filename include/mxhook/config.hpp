@@ -34,6 +34,10 @@ enum class DecisionMode { minimal, summary, full };
 // One webhook POST per message (recipients comma-joined) or one per recipient.
 enum class RecipientMode { joined, each };
 
+// How the webhook body is encoded (WEBHOOK_ENCODING): urlencoded when the message (and
+// every field) is valid UTF-8, multipart/form-data otherwise; or always one of them.
+enum class WebhookEncoding { auto_detect, urlencoded, multipart };
+
 // The role list used when ROLE_ADDRESSES is unset.
 std::vector<std::string> default_role_addresses();
 
@@ -74,6 +78,7 @@ struct Config {
     std::size_t webhook_concurrency = 16;                   // WEBHOOK_CONCURRENCY
     std::chrono::milliseconds webhook_timeout{10000};        // WEBHOOK_TIMEOUT_MS
     RecipientMode webhook_recipient_mode = RecipientMode::joined;  // WEBHOOK_RECIPIENT_MODE
+    WebhookEncoding webhook_encoding = WebhookEncoding::auto_detect;  // WEBHOOK_ENCODING
 
     // Role-address routing
     std::string webhook_role_url;                           // WEBHOOK_ROLE_URL (empty: off)

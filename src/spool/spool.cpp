@@ -501,15 +501,21 @@ void Spool::append(TmpItem& item, std::string_view bytes) const {
 void Spool::commit(TmpItem& item, const Meta& meta) const { commit(item, std::vector<Meta>{meta}); }
 
 void Spool::commit(TmpItem& item, const std::vector<Meta>& metas) const {
+    commit(item, metas.size(), [&metas](std::size_t i) -> const Meta& { return metas[i]; });
+}
+
+void Spool::commit(TmpItem& item, std::size_t count, const std::function<const Meta&(std::size_t)>& meta_at) const {
     if (!item.valid()) throw_error(EBADF, "commit", item.dir_);
     // dispatcher and operators find an item by the id inside meta.json as well as by its
     // directory name; a mismatch is a bug upstream, better caught before the 250.
-    if (metas.empty() || metas.front().id != item.id_) {
-        throw_error(EINVAL, "commit (meta.id is \"" + (metas.empty() ? std::string() : metas.front().id) + "\")",
+    if (count == 0 || meta_at(0).id != item.id_) {
+        throw_error(EINVAL, "commit (meta.id is \"" + (count == 0 ? std::string() : meta_at(0).id) + "\")",
                     item.dir_);
     }
-    for (const auto& meta : metas) {
-        if (!is_safe_id(meta.id)) throw_error(EINVAL, "commit (unsafe id \"" + meta.id + "\")", item.dir_);
+    for (std::size_t i = 0; i < count; ++i) {
+        if (const std::string& id = meta_at(i).id; !is_safe_id(id)) {
+            throw_error(EINVAL, "commit (unsafe id \"" + id + "\")", item.dir_);
+        }
     }
 
     const fs::path message = item.dir_ / kMessageFile;
@@ -525,14 +531,16 @@ void Spool::commit(TmpItem& item, const std::vector<Meta>& metas) const {
         for (std::size_t i = 1; i < staged.size(); ++i) fs::remove_all(staged[i], ignored);
     };
     try {
-        write_file_durable(item.dir_ / kMetaFile, to_json(metas.front()), O_EXCL);
+        // One meta.json at a time: memory does not grow with recipients x header size.
+        write_file_durable(item.dir_ / kMetaFile, to_json(meta_at(0)), O_EXCL);
         sync_dir(item.dir_);
-        for (std::size_t i = 1; i < metas.size(); ++i) {
-            const fs::path sibling = item_dir(layout_.tmp, metas[i].id);
+        for (std::size_t i = 1; i < count; ++i) {
+            const Meta& meta = meta_at(i);
+            const fs::path sibling = item_dir(layout_.tmp, meta.id);
             if (::mkdir(sibling.c_str(), 0700) != 0) throw_errno("mkdir", sibling);
             staged.push_back(sibling);
             if (::link(message.c_str(), (sibling / kMessageFile).c_str()) != 0) throw_errno("link", sibling);
-            write_file_durable(sibling / kMetaFile, to_json(metas[i]), O_EXCL);
+            write_file_durable(sibling / kMetaFile, to_json(meta), O_EXCL);
             sync_dir(sibling);
         }
     } catch (...) {

@@ -1,4 +1,5 @@
-// FormBodySource: "<prefix>" + form_encode(message.eml), streamed.
+// FormBodySource: "<prefix>" + form_encode(message.eml), or (multipart)
+// "<prefix>" + message.eml + "<suffix>", streamed.
 //
 // The io thread must never wait for the disk, so the file is read ahead on the worker
 // pool: while curl sends the current encoded chunk, the next one is read (pread) and
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <cerrno>
 #include <optional>
 #include <string_view>
@@ -54,7 +56,7 @@ struct Chunk {
     std::error_code error;
 };
 
-Chunk load_chunk(int fd, std::uint64_t offset, std::size_t len) {
+Chunk load_chunk(int fd, std::uint64_t offset, std::size_t len, bool encode) {
     Chunk chunk;
     try {
         std::string raw(len, '\0');
@@ -62,6 +64,10 @@ Chunk load_chunk(int fd, std::uint64_t offset, std::size_t len) {
             // The spool file is immutable once committed; a shorter file means
             // someone else touched it and Content-Length can no longer be honoured.
             chunk.error = std::make_error_code(std::errc::io_error);
+            return chunk;
+        }
+        if (!encode) {
+            chunk.encoded = std::move(raw);
             return chunk;
         }
         chunk.encoded.reserve(len * 3);
@@ -89,12 +95,16 @@ struct FormBodySource::State {
     int fd = -1;
     std::uint64_t file_size = 0;
     std::uint64_t total_size = 0;
+    bool encode = true;  // form-encode the file (urlencoded) or send it as it is (multipart)
+    std::string content_type;
     boost::asio::thread_pool::executor_type pool;
     boost::asio::any_io_executor io;
 
     // io thread only.
     std::string prefix;
     std::size_t prefix_pos = 0;
+    std::string suffix;  // after the file (multipart's closing boundary)
+    std::size_t suffix_pos = 0;
     std::string current;  // encoded chunk being sent
     std::size_t current_pos = 0;
     std::optional<std::string> next;  // encoded chunk read ahead
@@ -114,7 +124,7 @@ struct FormBodySource::State {
         // The job holds the state (and so the fd) even if the source is destroyed
         // meanwhile; the result is then simply dropped.
         boost::asio::post(s.pool, [self, offset, len] {
-            Chunk chunk = load_chunk(self->fd, offset, len);
+            Chunk chunk = load_chunk(self->fd, offset, len, self->encode);
             boost::asio::post(self->io, [self, chunk = std::move(chunk)]() mutable {
                 self->arrived(std::move(chunk));
             });
@@ -135,35 +145,82 @@ std::shared_ptr<FormBodySource> FormBodySource::open(std::string prefix,
                                                      const std::filesystem::path& message,
                                                      boost::asio::thread_pool& pool,
                                                      boost::asio::any_io_executor io) {
+    return open_with(
+        message, pool, std::move(io),
+        [&prefix](State& state, bool) {
+            state.prefix = std::move(prefix);
+            state.content_type = "application/x-www-form-urlencoded";
+        });
+}
+
+std::shared_ptr<FormBodySource> FormBodySource::open(const Fields& fields, WebhookEncoding encoding,
+                                                     const std::filesystem::path& message,
+                                                     boost::asio::thread_pool& pool,
+                                                     boost::asio::any_io_executor io) {
+    return open_with(message, pool, std::move(io), [&fields, encoding](State& state, bool message_is_utf8) {
+        bool multipart = encoding == WebhookEncoding::multipart;
+        if (encoding == WebhookEncoding::auto_detect) {
+            multipart = !message_is_utf8 || std::any_of(fields.begin(), fields.end(), [](const auto& field) {
+                            return !is_valid_utf8(field.second);
+                        });
+        }
+        if (!multipart) {
+            state.prefix = urlencoded_prefix(fields);
+            state.content_type = "application/x-www-form-urlencoded";
+            return;
+        }
+        const std::string boundary = make_boundary();
+        state.encode = false;
+        state.prefix = multipart_prefix(fields, boundary);
+        state.suffix = multipart_suffix(boundary);
+        state.content_type = multipart_content_type(boundary);
+    });
+}
+
+std::shared_ptr<FormBodySource> FormBodySource::open_with(const std::filesystem::path& message,
+                                                          boost::asio::thread_pool& pool,
+                                                          boost::asio::any_io_executor io,
+                                                          const std::function<void(State&, bool)>& frame) {
     auto state = std::make_shared<State>(pool.get_executor(), std::move(io));
     state->fd = ::open(message.c_str(), O_RDONLY | O_CLOEXEC);
     if (state->fd < 0) {
         throw std::system_error(errno, std::generic_category(), "open " + message.string());
     }
 
-    // One pass over the file for the exact encoded size (Content-Length). The first
-    // chunk is kept encoded, so the transfer starts without waiting for the pool.
+    // One pass over the file for the exact encoded size (Content-Length) and whether it is
+    // UTF-8. The first chunk is kept, so the transfer starts without waiting for the pool.
     std::string raw(kChunk, '\0');
+    std::string first;
     std::uint64_t offset = 0;
     std::uint64_t encoded = 0;
+    Utf8Validator utf8;
     for (;;) {
         const std::size_t got = pread_full(state->fd, raw.data(), kChunk, offset);
         const std::string_view bytes(raw.data(), got);
         encoded += form_encoded_size(bytes);
-        if (offset == 0) form_encode_append(state->current, bytes);
+        utf8.feed(bytes);
+        if (offset == 0) first.assign(bytes);
         offset += got;
         if (got < kChunk) break;
     }
+    frame(*state, utf8.valid());
     state->file_size = offset;
     state->next_offset = std::min<std::uint64_t>(kChunk, offset);
-    state->total_size = prefix.size() + encoded;
-    state->prefix = std::move(prefix);
+    if (state->encode) {
+        form_encode_append(state->current, first);
+        state->total_size = state->prefix.size() + encoded;
+    } else {
+        state->current = std::move(first);
+        state->total_size = state->prefix.size() + offset + state->suffix.size();
+    }
 
     std::shared_ptr<FormBodySource> source(new FormBodySource());
     state->owner = source;
     source->state_ = std::move(state);
     return source;
 }
+
+const std::string& FormBodySource::content_type() const { return state_->content_type; }
 
 FormBodySource::~FormBodySource() = default;
 
@@ -192,6 +249,8 @@ std::optional<std::size_t> FormBodySource::read(char* buf, std::size_t n) {
             s.next.reset();
             s.current_pos = 0;
             State::prefetch(state_);
+        } else if (s.next_offset >= s.file_size && !s.in_flight && !s.error && s.suffix_pos < s.suffix.size()) {
+            take(s.suffix, s.suffix_pos);  // the whole file has been sent
         } else {
             break;
         }

@@ -257,14 +257,14 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
 
     const std::string& url = route(config_, meta.recipients);
     std::shared_ptr<FormBodySource> body;
-    std::string prefix = payload_prefix(meta, config_.webhook_signing_key, now);
+    const Fields fields = payload_fields(meta, config_.webhook_signing_key, now);
     const auto path = spool_.processing_message(id);
     const asio::any_io_executor executor = io_.get_executor();
     try {
         // Captures are references only: g++ 12 mishandles non-trivial temporaries that
         // live across a co_await (it destroys them twice).
-        body = co_await run_blocking(pool_, [this, &prefix, &path, &executor] {
-            return FormBodySource::open(std::move(prefix), path, pool_, executor);
+        body = co_await run_blocking(pool_, [this, &fields, &path, &executor] {
+            return FormBodySource::open(fields, config_.webhook_encoding, path, pool_, executor);
         });
     } catch (const std::exception& e) {
         reason = std::string("cannot read message: ") + e.what();
@@ -282,7 +282,7 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
         http::Request request;
         request.url = url;
         request.headers.push_back("X-Mxhook-Id: " + id);
-        request.content_type = "application/x-www-form-urlencoded";
+        request.content_type = body->content_type();
         request.body = body;
         request.timeout = config_.webhook_timeout;
         response = co_await client_.post(std::move(request));

@@ -104,28 +104,118 @@ std::uint64_t form_encoded_size(std::string_view bytes) {
     return size;
 }
 
-std::string payload_prefix(const spool::Meta& meta, std::string_view signing_key,
-                           std::chrono::system_clock::time_point now) {
+Fields payload_fields(const spool::Meta& meta, std::string_view signing_key,
+                      std::chrono::system_clock::time_point now) {
     std::string recipients;
     for (const auto& rcpt : meta.recipients) {
         if (!recipients.empty()) recipients += ',';
         recipients += spool::bare_address(rcpt);  // haraka-webhook stored "<rcpt@example.com>"
     }
-    const std::string timestamp = std::to_string(
-        std::chrono::floor<std::chrono::seconds>(now.time_since_epoch()).count());
-    const std::string token = make_token();
+    std::string timestamp = std::to_string(std::chrono::floor<std::chrono::seconds>(now.time_since_epoch()).count());
+    std::string token = make_token();
 
+    Fields fields;
+    fields.emplace_back("recipient", std::move(recipients));
+    fields.emplace_back("sender", spool::bare_address(meta.sender));
+    fields.emplace_back("from", meta.from);
+    fields.emplace_back("subject", meta.subject);
+    fields.emplace_back("message-headers", headers_json(meta.headers));
+    std::string signature = signing_key.empty() ? std::string() : sign(signing_key, timestamp, token);
+    fields.emplace_back("timestamp", std::move(timestamp));
+    fields.emplace_back("token", std::move(token));
+    if (!signing_key.empty()) fields.emplace_back("signature", std::move(signature));
+    return fields;
+}
+
+std::string urlencoded_prefix(const Fields& fields) {
     std::string out;
-    append_field(out, "recipient", recipients);
-    append_field(out, "sender", spool::bare_address(meta.sender));
-    append_field(out, "from", meta.from);
-    append_field(out, "subject", meta.subject);
-    append_field(out, "message-headers", headers_json(meta.headers));
-    append_field(out, "timestamp", timestamp);
-    append_field(out, "token", token);
-    if (!signing_key.empty()) append_field(out, "signature", sign(signing_key, timestamp, token));
+    for (const auto& [name, value] : fields) append_field(out, name, value);
     out += "&body-mime=";
     return out;
+}
+
+std::string payload_prefix(const spool::Meta& meta, std::string_view signing_key,
+                           std::chrono::system_clock::time_point now) {
+    return urlencoded_prefix(payload_fields(meta, signing_key, now));
+}
+
+namespace {
+
+void append_part_header(std::string& out, std::string_view boundary, std::string_view name, bool binary) {
+    out += "--";
+    out += boundary;
+    out += "\r\nContent-Disposition: form-data; name=\"";
+    out += name;  // field names are fixed ASCII words
+    out += "\"\r\n";
+    if (binary) out += "Content-Type: text/plain; charset=binary\r\n";
+    out += "\r\n";
+}
+
+}  // namespace
+
+std::string multipart_prefix(const Fields& fields, std::string_view boundary) {
+    std::string out;
+    for (const auto& [name, value] : fields) {
+        append_part_header(out, boundary, name, !is_valid_utf8(value));
+        out += value;
+        out += "\r\n";
+    }
+    append_part_header(out, boundary, "body-mime", true);
+    return out;
+}
+
+std::string multipart_suffix(std::string_view boundary) { return "\r\n--" + std::string(boundary) + "--\r\n"; }
+
+std::string multipart_content_type(std::string_view boundary) {
+    return "multipart/form-data; boundary=" + std::string(boundary);
+}
+
+std::string make_boundary() { return "mxhook-" + make_token(); }
+
+void Utf8Validator::feed(std::string_view bytes) {
+    for (char ch : bytes) {
+        if (failed_) return;
+        const auto c = static_cast<unsigned char>(ch);
+        if (pending_ > 0) {
+            if (c < lower_ || c > upper_) {
+                failed_ = true;
+                return;
+            }
+            --pending_;
+            lower_ = 0x80;
+            upper_ = 0xBF;
+            continue;
+        }
+        if (c < 0x80) continue;
+        // RFC 3629's table: the first continuation byte's range depends on the lead byte.
+        if (c >= 0xC2 && c <= 0xDF) {
+            pending_ = 1;
+        } else if (c == 0xE0) {
+            pending_ = 2;
+            lower_ = 0xA0;  // no overlongs
+        } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
+            pending_ = 2;
+        } else if (c == 0xED) {
+            pending_ = 2;
+            upper_ = 0x9F;  // no surrogates
+        } else if (c == 0xF0) {
+            pending_ = 3;
+            lower_ = 0x90;
+        } else if (c >= 0xF1 && c <= 0xF3) {
+            pending_ = 3;
+        } else if (c == 0xF4) {
+            pending_ = 3;
+            upper_ = 0x8F;  // nothing above U+10FFFF
+        } else {
+            failed_ = true;
+        }
+    }
+}
+
+bool is_valid_utf8(std::string_view bytes) {
+    Utf8Validator validator;
+    validator.feed(bytes);
+    return validator.valid();
 }
 
 }  // namespace mxhook::webhook

@@ -392,6 +392,14 @@ TEST(ConfigTest, RecipientModeWordsAnyCase) {
     EXPECT_EQ(load({{"WEBHOOK_RECIPIENT_MODE", "Joined"}}).webhook_recipient_mode, RecipientMode::joined);
 }
 
+TEST(ConfigTest, WebhookEncodingWords) {
+    EXPECT_EQ(load({}).webhook_encoding, WebhookEncoding::auto_detect);
+    EXPECT_EQ(load({{"WEBHOOK_ENCODING", "auto"}}).webhook_encoding, WebhookEncoding::auto_detect);
+    EXPECT_EQ(load({{"WEBHOOK_ENCODING", "urlencoded"}}).webhook_encoding, WebhookEncoding::urlencoded);
+    EXPECT_EQ(load({{"WEBHOOK_ENCODING", "Multipart"}}).webhook_encoding, WebhookEncoding::multipart);
+    for (std::string bad : {"form", "json", "utf8", "1"}) expect_rejected("WEBHOOK_ENCODING", bad);
+}
+
 TEST(ConfigTest, RecipientModeRejectsOtherWords) {
     for (std::string bad : {"bogus", "per-recipient", "single", "all", "1"}) expect_rejected("WEBHOOK_RECIPIENT_MODE", bad);
     auto error = error_of({{"WEBHOOK_RECIPIENT_MODE", "bogus"}});

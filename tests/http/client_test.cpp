@@ -647,6 +647,55 @@ TEST(FormBodySource, SizeAndContentMatchTheEncoding) {
     pool.join();
 }
 
+// WEBHOOK_ENCODING: auto picks urlencoded for UTF-8 and multipart for the rest; the multipart
+// body is the prefix, the file's bytes as they are and the closing boundary, whatever the
+// size and however it is read.
+TEST(FormBodySource, EncodingFollowsTheMessage) {
+    using mxhook::WebhookEncoding;
+    asio::io_context io;
+    asio::thread_pool pool(2);
+    const mxhook::webhook::Fields fields{{"recipient", "a@example.com"}, {"subject", "hi"}};
+    for (std::size_t n : {std::size_t{0}, std::size_t{65536}, std::size_t{65537}, std::size_t{200'000}}) {
+        std::string latin1 = message_bytes(n).substr(0, n);
+        if (n > 0) latin1[n / 2] = '\xe9';
+        TempFile file(latin1);
+        auto multi = mxhook::webhook::FormBodySource::open(fields, WebhookEncoding::auto_detect, file.path(), pool,
+                                                           io.get_executor());
+        const std::string& type = multi->content_type();
+        const std::string body = drain(io, *multi, 16384);
+        EXPECT_EQ(body.size(), multi->size()) << n;
+        if (n == 0) {  // nothing that is not UTF-8
+            EXPECT_EQ(type, "application/x-www-form-urlencoded");
+            EXPECT_EQ(body, "recipient=a%40example.com&subject=hi&body-mime=");
+            continue;
+        }
+        ASSERT_EQ(type.rfind("multipart/form-data; boundary=", 0), 0u) << type;
+        const std::string boundary = type.substr(30);
+        const std::string prefix = mxhook::webhook::multipart_prefix(fields, boundary);
+        const std::string suffix = mxhook::webhook::multipart_suffix(boundary);
+        ASSERT_EQ(body.substr(0, prefix.size()), prefix);
+        ASSERT_GE(body.size(), prefix.size() + suffix.size());
+        EXPECT_TRUE(body.substr(prefix.size(), body.size() - prefix.size() - suffix.size()) == latin1) << n;
+        EXPECT_EQ(body.substr(body.size() - suffix.size()), suffix);
+    }
+    // UTF-8, or forced: urlencoded.
+    TempFile utf8("caf\xc3\xa9\r\n");
+    auto plain = mxhook::webhook::FormBodySource::open(fields, WebhookEncoding::auto_detect, utf8.path(), pool,
+                                                       io.get_executor());
+    EXPECT_EQ(plain->content_type(), "application/x-www-form-urlencoded");
+    EXPECT_EQ(drain(io, *plain, 4096), "recipient=a%40example.com&subject=hi&body-mime=caf%C3%A9%0D%0A");
+    TempFile latin1("caf\xe9\r\n");
+    auto forced = mxhook::webhook::FormBodySource::open(fields, WebhookEncoding::urlencoded, latin1.path(), pool,
+                                                        io.get_executor());
+    EXPECT_EQ(drain(io, *forced, 4096), "recipient=a%40example.com&subject=hi&body-mime=caf%E9%0D%0A");
+    // A field that is not UTF-8 alone is enough for multipart.
+    const mxhook::webhook::Fields latin1_subject{{"subject", "caf\xe9"}};
+    auto by_field = mxhook::webhook::FormBodySource::open(latin1_subject, WebhookEncoding::auto_detect, utf8.path(),
+                                                          pool, io.get_executor());
+    EXPECT_EQ(by_field->content_type().rfind("multipart/form-data", 0), 0u);
+    pool.join();
+}
+
 TEST(FormBodySource, SpacesAndUnreservedBytes) {
     asio::io_context io;
     asio::thread_pool pool(1);

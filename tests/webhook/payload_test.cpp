@@ -42,8 +42,6 @@ std::string form_decode(std::string_view text) {
     return out;
 }
 
-using Fields = std::vector<std::pair<std::string, std::string>>;
-
 // Splits "a=1&b=2&body-mime=" into decoded [name, value] pairs, in order.
 Fields parse_form(std::string_view form) {
     Fields fields;
@@ -252,6 +250,59 @@ TEST(PayloadPrefixTest, EmptyEnvelopeAndHeaders) {
     meta.sender = "<>";
     auto prefix = payload_prefix(meta, "", now);
     EXPECT_TRUE(prefix.starts_with("recipient=&sender=&from=&subject=&message-headers=%5B%5D&timestamp=")) << prefix;
+}
+
+TEST(Utf8ValidatorTest, AcceptsUtf8AndRefusesTheRest) {
+    EXPECT_TRUE(is_valid_utf8(""));
+    EXPECT_TRUE(is_valid_utf8("plain ASCII\r\n"));
+    EXPECT_TRUE(is_valid_utf8("Gr\xc3\xbc\xc3\x9f\x65 \xe2\x82\xac \xf0\x9f\x93\xa7 \xf4\x8f\xbf\xbf"));
+    for (const char* bad : {"caf\xe9",            // Latin-1
+                            "\xc3",                // cut short
+                            "\xc0\xaf",            // overlong '/'
+                            "\xe0\x80\xaf",        // overlong
+                            "\xed\xa0\x80",        // a surrogate
+                            "\xf4\x90\x80\x80",    // above U+10FFFF
+                            "\xff", "\x80"}) {
+        EXPECT_FALSE(is_valid_utf8(bad)) << bad;
+    }
+}
+
+TEST(Utf8ValidatorTest, CharactersSplitAcrossPieces) {
+    const std::string text = "\xf0\x9f\x93\xa7 and \xe2\x82\xac";
+    for (std::size_t cut = 0; cut <= text.size(); ++cut) {
+        Utf8Validator v;
+        v.feed(std::string_view(text).substr(0, cut));
+        v.feed(std::string_view(text).substr(cut));
+        EXPECT_TRUE(v.valid()) << cut;
+    }
+    Utf8Validator v;
+    v.feed("\xe2\x82");
+    EXPECT_FALSE(v.valid());  // unfinished
+}
+
+// The multipart body as a Rack / Python cgi parser sees it: one part per field, body-mime
+// labelled binary, non-UTF-8 field values labelled binary too.
+TEST(MultipartTest, PartsInOrderWithBinaryLabels) {
+    auto meta = sample_meta();
+    meta.subject = "caf\xe9";  // Latin-1
+    const auto fields = payload_fields(meta, "secret", now);
+    const std::string prefix = multipart_prefix(fields, "BOUNDARY");
+    EXPECT_TRUE(prefix.starts_with("--BOUNDARY\r\nContent-Disposition: form-data; name=\"recipient\"\r\n\r\n"
+                                   "bob@example.com,carol+tag@example.com\r\n--BOUNDARY\r\n"))
+        << prefix;
+    EXPECT_NE(prefix.find("name=\"subject\"\r\nContent-Type: text/plain; charset=binary\r\n\r\ncaf\xe9\r\n"),
+              std::string::npos)
+        << prefix;
+    EXPECT_NE(prefix.find("name=\"from\"\r\n\r\nAlice <alice@example.org>\r\n"), std::string::npos) << prefix;
+    EXPECT_TRUE(prefix.ends_with("--BOUNDARY\r\nContent-Disposition: form-data; name=\"body-mime\"\r\n"
+                                 "Content-Type: text/plain; charset=binary\r\n\r\n"))
+        << prefix;
+    EXPECT_NE(prefix.find("name=\"signature\"\r\n\r\n" + field(fields, "signature") + "\r\n"), std::string::npos);
+    EXPECT_EQ(multipart_suffix("BOUNDARY"), "\r\n--BOUNDARY--\r\n");
+    EXPECT_EQ(multipart_content_type("BOUNDARY"), "multipart/form-data; boundary=BOUNDARY");
+    const std::string boundary = make_boundary();
+    EXPECT_EQ(boundary.size(), 57u);
+    EXPECT_NE(boundary, make_boundary());
 }
 
 TEST(PayloadPrefixTest, BareSenderIsKeptAsIs) {

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -146,6 +147,10 @@ public:
     // metas[0] is the item's own (same id); every other meta becomes its own item whose
     // message.eml is a hard link to this one. All are published, or none.
     void commit(TmpItem& item, const std::vector<Meta>& metas) const;
+    // The same with the metas made one at a time by meta_at(0..count-1) (the reference
+    // needs to live only until the next call): a fan-out to 1,000 recipients then holds
+    // one meta in memory, not 1,000 copies of the header section.
+    void commit(TmpItem& item, std::size_t count, const std::function<const Meta&(std::size_t)>& meta_at) const;
     // Removes tmp/<id> and everything in it; never throws.
     void discard(TmpItem& item) const noexcept;
 

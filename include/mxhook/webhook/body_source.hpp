@@ -1,16 +1,19 @@
 #pragma once
 // The webhook request body: an in-memory prefix (the small form fields) followed by
-// the form-encoded bytes of message.eml, read from the spool in chunks on the worker
-// pool while curl sends the previous chunk. Memory per request stays around two
-// chunks whatever the message size.
+// the bytes of message.eml, form-encoded (urlencoded) or as they are (multipart, then a
+// closing suffix), read from the spool in chunks on the worker pool while curl sends the
+// previous chunk. Memory per request stays around two chunks whatever the message size.
 
+#include "mxhook/config.hpp"
 #include "mxhook/http/client.hpp"
+#include "mxhook/webhook/payload.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -25,6 +28,15 @@ public:
                                                 const std::filesystem::path& message,
                                                 boost::asio::thread_pool& pool,
                                                 boost::asio::any_io_executor io);
+    // The Mailgun-style payload of `fields` + body-mime. WebhookEncoding::auto_detect
+    // reads the message once for its size and its UTF-8 validity and picks urlencoded
+    // when it and every field are valid UTF-8, multipart/form-data otherwise.
+    static std::shared_ptr<FormBodySource> open(const Fields& fields, WebhookEncoding encoding,
+                                                const std::filesystem::path& message,
+                                                boost::asio::thread_pool& pool,
+                                                boost::asio::any_io_executor io);
+    // The Content-Type header value for this body.
+    const std::string& content_type() const;
     ~FormBodySource() override;
 
     std::uint64_t size() const override;
@@ -33,6 +45,12 @@ public:
 private:
     FormBodySource() = default;
     struct State;
+    // Opens the file, reads it once, lets `frame` set prefix, suffix, content type and
+    // encoding (given whether the message is valid UTF-8), and computes the exact size.
+    static std::shared_ptr<FormBodySource> open_with(const std::filesystem::path& message,
+                                                     boost::asio::thread_pool& pool,
+                                                     boost::asio::any_io_executor io,
+                                                     const std::function<void(State&, bool)>& frame);
     std::shared_ptr<State> state_;
 };
 

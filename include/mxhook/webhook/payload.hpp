@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace mxhook::webhook {
 
@@ -29,10 +31,45 @@ void form_encode_append(std::string& out, std::string_view bytes);
 // Length of form_encode(bytes) without building it.
 std::uint64_t form_encoded_size(std::string_view bytes);
 
-// Everything up to and including "&body-mime=": the encoded fields built from meta,
-// the timestamp (unix seconds of now), a fresh token and, when key is not empty, the
-// signature. The caller appends the form-encoded message bytes.
+// The fields before body-mime, in order: recipient, sender, from, subject,
+// message-headers, timestamp (unix seconds of now), token (fresh) and, when key is not
+// empty, signature.
+using Fields = std::vector<std::pair<std::string, std::string>>;
+Fields payload_fields(const spool::Meta& meta, std::string_view signing_key, std::chrono::system_clock::time_point now);
+
+// application/x-www-form-urlencoded: everything up to and including "&body-mime=". The
+// caller appends the form-encoded message bytes.
+std::string urlencoded_prefix(const Fields& fields);
+// The same for payload_fields(meta, key, now).
 std::string payload_prefix(const spool::Meta& meta, std::string_view signing_key,
                            std::chrono::system_clock::time_point now);
+
+// multipart/form-data (RFC 7578), for messages that are not valid UTF-8: a consumer such
+// as Rails refuses a urlencoded field that is not (400 "Invalid encoding for parameter").
+// Each field is a part; one whose value is not valid UTF-8, and body-mime always, is
+// labelled "text/plain; charset=binary" so the consumer keeps the bytes as they are.
+// The prefix ends with body-mime's part header; the caller appends the raw message bytes,
+// then multipart_suffix.
+std::string multipart_prefix(const Fields& fields, std::string_view boundary);
+std::string multipart_suffix(std::string_view boundary);
+std::string multipart_content_type(std::string_view boundary);
+// A boundary that cannot occur by chance: "mxhook-" + 50 random hex characters.
+std::string make_boundary();
+
+// UTF-8 validation (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF), fed in
+// pieces that may split a character anywhere.
+class Utf8Validator {
+public:
+    void feed(std::string_view bytes);
+    // True when everything fed so far is valid and no character is left unfinished.
+    bool valid() const { return !failed_ && pending_ == 0; }
+
+private:
+    bool failed_ = false;
+    int pending_ = 0;             // continuation bytes still expected
+    unsigned char lower_ = 0x80;  // bounds of the next continuation byte
+    unsigned char upper_ = 0xBF;
+};
+bool is_valid_utf8(std::string_view bytes);
 
 }  // namespace mxhook::webhook

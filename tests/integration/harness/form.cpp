@@ -56,6 +56,40 @@ FormFields parse_form(std::string_view body) {
     return fields;
 }
 
+FormFields parse_multipart(std::string_view body, std::string_view boundary, std::vector<std::string>* part_headers) {
+    const std::string first = "--" + std::string(boundary) + "\r\n";
+    const std::string delimiter = "\r\n--" + std::string(boundary);
+    if (body.substr(0, first.size()) != first) throw std::invalid_argument("multipart body does not start with its boundary");
+    FormFields fields;
+    std::size_t pos = first.size();
+    for (;;) {
+        const std::size_t headers_end = body.find("\r\n\r\n", pos);
+        if (headers_end == std::string_view::npos) throw std::invalid_argument("part without an empty line");
+        const std::string_view headers = body.substr(pos, headers_end - pos);
+        const std::size_t name_at = headers.find("form-data; name=\"");
+        if (name_at == std::string_view::npos) throw std::invalid_argument("part without a name");
+        const std::size_t name_start = name_at + 17;
+        const std::size_t name_end = headers.find('"', name_start);
+        if (name_end == std::string_view::npos) throw std::invalid_argument("unterminated part name");
+        const std::size_t value_start = headers_end + 4;
+        const std::size_t value_end = body.find(delimiter, value_start);
+        if (value_end == std::string_view::npos) throw std::invalid_argument("part without a closing boundary");
+        fields.emplace_back(std::string(headers.substr(name_start, name_end - name_start)),
+                            std::string(body.substr(value_start, value_end - value_start)));
+        if (part_headers) part_headers->emplace_back(headers);
+        pos = value_end + delimiter.size();
+        if (body.substr(pos, 4) == "--\r\n" && pos + 4 == body.size()) return fields;
+        if (body.substr(pos, 2) != "\r\n") throw std::invalid_argument("garbage after a boundary");
+        pos += 2;
+    }
+}
+
+std::optional<std::string> multipart_boundary(std::string_view content_type) {
+    constexpr std::string_view type = "multipart/form-data; boundary=";
+    if (content_type.substr(0, type.size()) != type) return std::nullopt;
+    return std::string(content_type.substr(type.size()));
+}
+
 std::optional<std::string> field(const FormFields& fields, std::string_view name) {
     for (const auto& [key, value] : fields) {
         if (key == name) return value;

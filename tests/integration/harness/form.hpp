@@ -16,6 +16,15 @@ using FormFields = std::vector<std::pair<std::string, std::string>>;
 std::string percent_decode(std::string_view text);
 FormFields parse_form(std::string_view body);
 
+// multipart/form-data (RFC 7578) with the given boundary: each part's name and its bytes,
+// as a strict reader sees them (parts separated by CRLF--boundary, headers up to the
+// first empty line, name from Content-Disposition). Part headers go to `part_headers` when
+// given, one string per part. Throws std::invalid_argument on a malformed body.
+FormFields parse_multipart(std::string_view body, std::string_view boundary,
+                           std::vector<std::string>* part_headers = nullptr);
+// The boundary parameter of a multipart/form-data Content-Type; nullopt for other types.
+std::optional<std::string> multipart_boundary(std::string_view content_type);
+
 // The value of the first field called `name`, if any.
 std::optional<std::string> field(const FormFields& fields, std::string_view name);
 std::vector<std::string> field_names(const FormFields& fields);

@@ -216,7 +216,12 @@ void TestWebhook::serve(int fd) {
         }
         request.body = message.body();
         try {
-            request.form = parse_form(request.body);
+            // Either encoding mxhook posts (WEBHOOK_ENCODING), decoded the same way.
+            if (const auto boundary = multipart_boundary(request.header("Content-Type"))) {
+                request.form = parse_multipart(request.body, *boundary);
+            } else {
+                request.form = parse_form(request.body);
+            }
         } catch (const std::exception& e) {
             request.form_error = e.what();
         }
