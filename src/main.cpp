@@ -86,6 +86,11 @@ int run(const Config& config) {
                      (config.spool_tmp_dir / name).string());
     }
     for (const auto& error : recovered.errors) spdlog::error("spool: {}", error);
+    for (const auto& id : recovered.duplicates) {
+        spdlog::error("spool: id={} was in processing/ and pending/ at once; one copy is set aside in dead/ "
+                      "(see its error.txt), the other delivered",
+                      id);
+    }
     spdlog::info("spool: {} ready; {} item(s) back from processing, {} unacknowledged tmp item(s) removed",
                  config.spool_dir.string(), recovered.requeued, recovered.removed_tmp);
     if (recovered.suspects.size() > 1) {

@@ -468,6 +468,10 @@ RecoveryReport Spool::recover(std::int64_t max_interrupted) const {
         if (rename_dir_unless_taken(from, to)) {
             ++report.requeued;
             report.suspects.push_back(id);
+        } else {
+            set_aside_duplicate(id);
+            report.duplicates.push_back(id);
+            report.suspects.push_back(id);  // whichever copy stayed is in pending/ now
         }
     }
     if (report.requeued > 0) sync_dir(layout_.pending);
@@ -633,6 +637,42 @@ std::size_t Spool::unclaim_all() const {
     }
     if (moved > 0) pending_sync_->sync();
     return moved;
+}
+
+void Spool::set_aside_duplicate(const std::string& id) const {
+    // Keep a copy that can be delivered: pending/'s, unless it is broken and the other is not.
+    auto whole = [](const fs::path& dir) {
+        try {
+            parse_meta(read_file(dir / kMetaFile));
+            return exists_nofollow(dir / kMessageFile);
+        } catch (const std::exception&) {
+            return false;
+        }
+    };
+    const fs::path in_processing = item_dir(layout_.processing, id);
+    const fs::path in_pending = item_dir(layout_.pending, id);
+    const bool keep_processing = !whole(in_pending) && whole(in_processing);
+    const fs::path doomed = keep_processing ? in_pending : in_processing;
+    write_file_durable(doomed / kErrorFile,
+                       std::string("the same id was in ") + (keep_processing ? "processing/" : "pending/") +
+                           " too: that copy is delivered, this one was set aside\n",
+                       O_TRUNC);
+    sync_dir(doomed);
+    move_to_dead(doomed, layout_.dead, id);
+    sync_dir(layout_.dead);
+    if (keep_processing) {
+        rename_dir(in_processing, in_pending);
+        pending_sync_->sync();
+    }
+}
+
+std::vector<std::string> Spool::list_pending_strays() const {
+    std::vector<std::string> all = list_dir(layout_.pending, Entries::all);
+    const std::vector<std::string> items = list_dir(layout_.pending, Entries::item_dirs);
+    std::erase_if(all, [&items](const std::string& name) {
+        return std::find(items.begin(), items.end(), name) != items.end();
+    });
+    return all;
 }
 
 void Spool::remove(const std::string& id) const {

@@ -138,12 +138,21 @@ awaitable<void> Dispatcher::scan_loop() {
 awaitable<void> Dispatcher::scan_once() {
     std::vector<std::string> ids;
     std::vector<std::string> in_processing;
+    std::vector<std::string> strays;
     try {
         ids = co_await run_blocking(pool_, [this] { return spool_.list_pending(); });
         in_processing = co_await run_blocking(pool_, [this] { return spool_.list_processing(); });
+        strays = co_await run_blocking(pool_, [this] { return spool_.list_pending_strays(); });
     } catch (const std::exception& e) {
         spdlog::error("dispatch: cannot scan the spool: {}", e.what());
         co_return;
+    }
+    // Once per name (and never more than a bounded number of names): not ours, left alone.
+    for (const auto& name : strays) {
+        if (reported_strays_.size() < kMaxReportedStrays && reported_strays_.insert(name).second) {
+            spdlog::warn("dispatch: {} is not a spool item (a file, a dotfile or a link): left alone",
+                         (spool_.layout().pending / name).string());
+        }
     }
     co_await sweep_processing(in_processing);
 
@@ -172,16 +181,33 @@ awaitable<void> Dispatcher::sweep_processing(const std::vector<std::string>& in_
     for (const auto& id : in_processing) {
         if (busy_.count(id) != 0 || stopping_) continue;
         bool returned = false;
+        bool taken = false;
         try {
             co_await run_blocking(pool_, [this, &id] { spool_.unclaim(id); });
             returned = true;
         } catch (const std::system_error& e) {
             // Gone since the listing: its delivery finished in between. Nothing to do.
-            if (e.code() != std::errc::no_such_file_or_directory) {
+            taken = e.code() == std::errc::file_exists || e.code() == std::errc::directory_not_empty;
+            if (e.code() != std::errc::no_such_file_or_directory && !taken) {
                 spdlog::error("dispatch id={}: cannot move it back to pending: {}", id, e.what());
             }
         }
         if (returned) spdlog::warn("dispatch id={}: found unowned in processing/, moved back to pending/", id);
+        if (taken) co_await set_aside_duplicate(id);
+    }
+}
+
+// The same id in processing/ (unowned) and in pending/: keep the pending/ copy for delivery
+// and set the other aside in dead/, instead of failing to move either on every scan.
+awaitable<void> Dispatcher::set_aside_duplicate(const std::string& id) {
+    try {
+        co_await run_blocking(pool_, [this, &id] { spool_.set_aside_duplicate(id); });
+        spdlog::error("dispatch id={}: in processing/ and pending/ at once; one copy is set aside in dead/ "
+                      "(see its error.txt), the other delivered",
+                      id);
+    } catch (const std::exception& e) {
+        spdlog::error("dispatch id={}: in processing/ and pending/ at once, and cannot set one aside: {}", id,
+                      e.what());
     }
 }
 

@@ -518,27 +518,34 @@ TEST_F(SpoolTest, UnclaimAllHandsProcessingBackUnchanged) {
     EXPECT_EQ(g_fsyncs[0].path, layout().pending);
 }
 
-TEST_F(SpoolTest, RecoverKeepsBothCopiesWhenPendingAlreadyHasTheId) {
+// The same id in processing/ and pending/: one is a stale copy. The pending/ one is kept
+// for delivery, the other set aside in dead/ with error.txt (never lost, never stuck).
+TEST_F(SpoolTest, RecoverSetsAsideTheProcessingCopyOfAnIdAlsoInPending) {
     const std::string id = receive("pending copy");
     fs::create_directory(layout().processing / id);
     write_text(layout().processing / id / "message.eml", "processing copy");
 
     const RecoveryReport report = spool().recover();
     EXPECT_EQ(report.requeued, 0u);
+    EXPECT_EQ(report.duplicates, std::vector<std::string>{id});
     EXPECT_EQ(slurp(layout().pending / id / "message.eml"), "pending copy");
-    EXPECT_EQ(slurp(layout().processing / id / "message.eml"), "processing copy");
+    EXPECT_FALSE(fs::exists(layout().processing / id));
+    EXPECT_EQ(slurp(layout().dead / id / "message.eml"), "processing copy");
+    EXPECT_NE(slurp(layout().dead / id / "error.txt").find("the same id was in pending/ too"), std::string::npos);
 }
 
-// Even an empty directory in the way is not replaced (plain rename(2) silently would):
-// the item stays in processing/ for the operator.
-TEST_F(SpoolTest, RecoverDoesNotReplaceAnEmptyDirectoryInPending) {
+// Never replaced by an empty directory in the way (plain rename(2) silently would): the
+// whole copy in processing/ is the one kept, the empty one goes to dead/.
+TEST_F(SpoolTest, RecoverKeepsTheWholeCopyWhenPendingHasABrokenOne) {
     const std::string id = receive("in flight");
     ASSERT_TRUE(spool().claim(id));
     fs::create_directory(layout().pending / id);
     const RecoveryReport report = spool().recover();
-    EXPECT_EQ(report.requeued, 0u);
-    EXPECT_EQ(slurp(layout().processing / id / "message.eml"), "in flight");
-    EXPECT_TRUE(fs::is_empty(layout().pending / id));
+    EXPECT_EQ(report.duplicates, std::vector<std::string>{id});
+    EXPECT_EQ(report.suspects, std::vector<std::string>{id});
+    EXPECT_EQ(slurp(layout().pending / id / "message.eml"), "in flight");
+    EXPECT_FALSE(fs::exists(layout().processing / id));
+    EXPECT_TRUE(fs::exists(layout().dead / id / "error.txt"));
 }
 
 // --- dispatching --------------------------------------------------------------------------

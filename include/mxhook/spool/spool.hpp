@@ -74,6 +74,9 @@ struct RecoveryReport {
     // Interruptions that could not be counted (meta.json not rewritable, e.g. a full
     // disk): the item is requeued uncounted and the error kept for the log.
     std::vector<std::string> errors;
+    // In processing/ and in pending/ at once: the processing/ copy went to dead/ with
+    // error.txt (set_aside_duplicate); the pending/ one is delivered.
+    std::vector<std::string> duplicates;
 };
 
 // A spool directory as configured, with the variable that names it (for error messages).
@@ -165,6 +168,13 @@ public:
     Meta read_processing_meta(const std::string& id) const;
     // Names of the directories in processing/.
     std::vector<std::string> list_processing() const;
+    // Entries of pending/ that are not items (files, dotfiles, symlinks): left alone, for
+    // the log.
+    std::vector<std::string> list_pending_strays() const;
+    // processing/<id> when pending/<id> exists too (ids are unique, so one is a stale copy
+    // of the other): to dead/ with an error.txt saying so, so that the pending/ copy can be
+    // delivered and nothing is lost.
+    void set_aside_duplicate(const std::string& id) const;
     // Gives a claimed item back unchanged: rename processing/<id> -> pending/<id>, fsync
     // pending/. Used when an attempt could not be finished (a spool error after the claim).
     void unclaim(const std::string& id) const;

@@ -53,6 +53,7 @@ private:
     boost::asio::awaitable<void> deliver(std::string id);
     boost::asio::awaitable<void> attempt(const std::string& id);
     boost::asio::awaitable<void> sweep_processing(const std::vector<std::string>& in_processing);
+    boost::asio::awaitable<void> set_aside_duplicate(const std::string& id);
     // Queues the item for a delivery slot, ordered by `due` (then by id).
     void enqueue(const std::string& id, std::chrono::system_clock::time_point due);
     void pump();
@@ -67,6 +68,8 @@ private:
     std::set<std::pair<std::chrono::system_clock::time_point, std::string>> ready_;  // waiting for a slot
     std::deque<std::string> suspects_;              // isolate(): one at a time, before ready_
     bool isolating_ = false;                        // until the last suspect's attempt has ended
+    static constexpr std::size_t kMaxReportedStrays = 1000;
+    std::unordered_set<std::string> reported_strays_;  // non-items in pending/ already logged
     std::unordered_set<std::string> busy_;          // ids queued or in flight
     std::unordered_map<std::string, std::chrono::system_clock::time_point> not_before_;  // known retry times
     std::size_t in_flight_ = 0;
