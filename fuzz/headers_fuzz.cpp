@@ -1,9 +1,10 @@
-// libFuzzer target over the header parsing the session does on every message:
-// mail::HeaderCollector (the header section arriving in pieces, bounded) and
+// libFuzzer target over the header handling the session does on every message:
+// mail::HeaderScanner (the header section counted while it streams, never kept),
+// mail::read_headers (the section read back from the stored message, bounded) and
 // mail::parse_headers, plus mail::received_header with hostile HELO / DNS / TLS text.
 //
-// Input layout (see fuzz/README.md): the last bytes are taken as numbers (the collector's
-// limit and a seed for the piece sizes, via FuzzedDataProvider, which reads integers from
+// Input layout (see fuzz/README.md): the last bytes are taken as numbers (the read-back
+// bound and a seed for the piece sizes, via FuzzedDataProvider, which reads integers from
 // the end); everything before them is the message as the decoder wrote it.
 //
 // Every invariant that fails calls abort() with a message, so libFuzzer records a crash.
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -45,7 +47,7 @@ namespace {
     } while (0)
 
 // Position just past the first empty line (LF or CRLF), or npos: written plainly here as
-// the reference for HeaderCollector.
+// the reference for HeaderScanner and read_headers.
 std::size_t first_empty_line_end(std::string_view text) {
     std::size_t line_start = 0;
     for (std::size_t i = 0; i < text.size(); ++i) {
@@ -57,11 +59,11 @@ std::size_t first_empty_line_end(std::string_view text) {
     return std::string_view::npos;
 }
 
-void check_collector(std::string_view message, std::size_t limit, std::uint32_t seed) {
-    // The same bytes fed in one piece and in pieces give the same section.
-    mxhook::mail::HeaderCollector whole(limit);
+void check_scanner(std::string_view message, std::size_t limit, std::uint32_t seed) {
+    // The same bytes fed in one piece and in pieces give the same counts.
+    mxhook::mail::HeaderScanner whole;
     whole.feed(message);
-    mxhook::mail::HeaderCollector pieces(limit);
+    mxhook::mail::HeaderScanner pieces;
     std::uint32_t state = seed | 1u;
     std::size_t pos = 0;
     while (pos < message.size()) {
@@ -71,32 +73,37 @@ void check_collector(std::string_view message, std::size_t limit, std::uint32_t 
         const std::size_t n = std::min<std::size_t>(message.size() - pos, 1 + state % 64);
         pieces.feed(message.substr(pos, n));
         pos += n;
-        CHECK(pieces.section().size() <= limit, message);
-        CHECK(message.substr(0, pieces.section().size()) == pieces.section(), message);
+        CHECK(pieces.bytes() <= pos, message);
     }
-    CHECK(whole.section() == pieces.section(), message);
-    CHECK(whole.done() == pieces.done() && whole.truncated() == pieces.truncated(), message);
+    CHECK(whole.ended() == pieces.ended() && whole.bytes() == pieces.bytes(), message);
+    CHECK(whole.lines() == pieces.lines() && whole.received() == pieces.received(), message);
 
-    const auto& section = whole.section();
-    CHECK(section.size() <= limit, message);
-    CHECK(message.substr(0, section.size()) == section, message);
+    // Against the plain reference: the section up to and including the first empty line.
     const std::size_t end = first_empty_line_end(message);
-    if (end != std::string_view::npos && end <= limit) {
-        CHECK(whole.done() && !whole.truncated() && section.size() == end, message);
-    } else if (message.size() > limit) {
-        // Cut at the last complete line within the limit.
-        CHECK(whole.done() && whole.truncated(), message);
-        CHECK(section.empty() || section.back() == '\n', message);
-        const auto last_nl = message.substr(0, limit).rfind('\n');
-        CHECK(section.size() == (last_nl == std::string_view::npos ? 0 : last_nl + 1), message);
-    } else {
-        CHECK(!whole.done() && !whole.truncated() && section == message, message);
+    const std::string_view section = message.substr(0, end == std::string_view::npos ? message.size() : end);
+    std::size_t lfs = 0;
+    for (const char c : section) lfs += c == '\n';
+    CHECK(whole.ended() == (end != std::string_view::npos), message);
+    CHECK(whole.bytes() == section.size(), message);
+    CHECK(whole.lines() == lfs - (whole.ended() ? 1 : 0), message);
+    const auto parsed = mxhook::mail::parse_headers(section);
+    CHECK(whole.received() == mxhook::mail::count_headers(parsed, "Received"), message);
+    // Once ended, more input changes nothing.
+    if (whole.ended()) {
+        whole.feed("Received: more\r\n\r\n");
+        CHECK(whole.bytes() == section.size() && whole.received() == pieces.received(), message);
     }
-    // Once done, more input changes nothing.
-    if (whole.done()) {
-        const std::string before = whole.section();
-        whole.feed("X-More: yes\r\n\r\n");
-        CHECK(whole.section() == before, message);
+
+    // Read back with a bound: the section when it fits (or the message ends there), else
+    // its complete lines within the bound.
+    std::istringstream in{std::string(message)};
+    const auto read = mxhook::mail::read_headers(in, limit);
+    if (section.size() <= limit) {
+        CHECK(read == parsed, message);
+    } else {
+        const auto last_nl = message.substr(0, limit).rfind('\n');
+        const auto cut = message.substr(0, last_nl == std::string_view::npos ? 0 : last_nl + 1);
+        CHECK(read == mxhook::mail::parse_headers(cut), message);
     }
 }
 
@@ -156,10 +163,10 @@ void check_received(FuzzedDataProvider& fdp, std::string_view message) {
     CHECK(date.size() >= 30 && date.size() <= 31 && date.substr(date.size() - 6) == " +0000", date);
     CHECK(header.substr(header.size() - 2 - date.size(), date.size()) == date, header);
 
+    // Read back from the stored message, bounded as the session bounds it.
     const std::string prefixed = header + std::string(message);
-    mxhook::mail::HeaderCollector collector(header.size() + 1024);
-    collector.feed(prefixed);
-    const auto headers = mxhook::mail::parse_headers(collector.section());
+    std::istringstream stored(prefixed);
+    const auto headers = mxhook::mail::read_headers(stored, header.size() + 1024);
     CHECK(!headers.empty() && headers.front().first == "Received", prefixed);
 }
 
@@ -172,7 +179,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const bool with_trace = fdp.ConsumeBool();
     const std::string message = with_trace ? fdp.ConsumeRandomLengthString(size) : fdp.ConsumeRemainingBytesAsString();
 
-    check_collector(message, limit, seed);
+    check_scanner(message, limit, seed);
     check_parse(message);
     if (with_trace) check_received(fdp, message);
     return 0;

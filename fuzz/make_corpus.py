@@ -53,6 +53,15 @@ smtp("binary", WHOLE + b"i",
      EHLO + b"\x00\xff\xfe\r\n\x80MAIL\x00 FROM:<\xc3\xa9@example.org>\r\n"
      + ENVELOPE + b"\x00\x01\x02\r\r\n\xff\r\n.\r\nQUIT\r\n")
 smtp("bare-lf-body", ONE_BYTE + b"j", EHLO + ENVELOPE + b"Subject: lf\n\nline\nline\r\n.\r\nQUIT\r\n")
+# Junk commands up to and past the limit (8 in the fuzz settings), forgiven by a message.
+smtp("junk", SMALL + b"x",
+     EHLO + b"NOOP\r\nRSET\r\nVRFY a\r\nHELP\r\n" * 2 + ENVELOPE + MESSAGE + b".\r\n"
+     + b"NOOP\r\n" * 9 + b"QUIT\r\n")
+# Quoted local parts: printable quoted pairs pass, an escaped NUL, CR or ESC is refused.
+smtp("quoted-pairs", WHOLE + b"y",
+     EHLO + b"MAIL FROM:<\"a\\\"b\"@example.org>\r\nRCPT TO:<\"c\\\x00d\"@example.com>\r\n"
+     b"RCPT TO:<\"c\\\rd\"@example.com>\r\nRCPT TO:<\"c\\\x1bd\"@example.com>\r\n"
+     b"RCPT TO:<\"c\\ d\"@example.com>\r\nDATA\r\n" + MESSAGE + b".\r\nQUIT\r\n")
 
 # SMTP smuggling: none of these ends the first message; only the final <CR><LF>.<CR><LF> does.
 variants = {
@@ -74,3 +83,4 @@ headers("folded", b"Received: from a\r\n\tby b; Wed, 25 Nov 2026 17:03:14 +0000\
         b"Subject: a\r\n b\r\n\t c\r\n \r\nX-Empty:\r\n  \r\n:\r\nno colon\r\n\r\nbody\r\n")
 headers("lf-only", b"From: a\nSubject: b\n\nbody\n")
 headers("no-end", b"X-A: 1\r\nX-B: 2\r\r\nX-C: \x00\xff\r\n")
+headers("received", b"Received: a\r\nreceived:b\r\nRECEIVED : c\r\n Received: d\r\nX-Received: e\r\n\r\nReceived: f\r\n")

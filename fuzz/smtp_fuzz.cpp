@@ -29,6 +29,7 @@ namespace {
 using mxhook::smtp::Action;
 using mxhook::smtp::DataDecoder;
 using mxhook::smtp::DataOutcome;
+using mxhook::smtp::MessageFacts;
 using mxhook::smtp::Protocol;
 using mxhook::smtp::ProtocolSettings;
 using mxhook::smtp::Step;
@@ -37,6 +38,10 @@ constexpr std::size_t kMaxCommandLine = 512;  // as smtp::Session: CRLF included
 constexpr std::size_t kMaxRecipients = 5;
 constexpr std::size_t kMaxMessageBytes = 4096;
 constexpr std::size_t kMaxErrors = 20;
+constexpr std::size_t kMaxJunk = 8;  // low, so the junk limit is reached
+constexpr std::size_t kMaxHeaderBytes = 1024;
+constexpr std::size_t kMaxHeaderLines = 20;
+constexpr std::size_t kMaxReceived = 3;
 constexpr std::string_view kAcceptedDomain = "example.com";
 constexpr std::string_view kEndMark = "\r\n.\r\n";
 
@@ -129,10 +134,20 @@ void check_envelope(const Protocol& protocol) {
     for (const auto& r : recipients) {
         // accept_all_recipients is off: only the accepted domain, or <postmaster>.
         CHECK(iequals(domain_of(r), kAcceptedDomain) || iequals(r, "postmaster"), r);
-        for (const char ch : r) {
-            const auto c = static_cast<unsigned char>(ch);
+        bool quoted = false;
+        for (std::size_t i = 0; i < r.size(); ++i) {
+            const auto c = static_cast<unsigned char>(r[i]);
             CHECK(c >= 0x20 && c != 0x7f, r);
+            if (c == '"') {
+                quoted = !quoted;
+            } else if (c == '\\' && quoted) {
+                // A quoted pair escapes printable ASCII only (RFC 5321 quoted-pairSMTP).
+                CHECK(i + 1 < r.size(), r);
+                const auto escaped = static_cast<unsigned char>(r[++i]);
+                CHECK(escaped >= 0x20 && escaped <= 0x7e, r);
+            }
         }
+        CHECK(!quoted, r);
     }
 }
 
@@ -225,6 +240,7 @@ public:
             if (nl == std::string_view::npos) return;
             Step step;
             bool from_command = true;
+            bool junk_command = false;
             if (nl - pos_ + 1 > kMaxCommandLine) {
                 pos_ = nl + 1;
                 trace("C:", "(line too long)");
@@ -236,8 +252,17 @@ public:
                 trace("C:", line);
                 step = protocol_.on_line(line);
                 check_command_step(line, step);
+                const std::string_view verb = line.substr(0, line.find(' '));
+                junk_command = iequals(verb, "NOOP") || iequals(verb, "RSET") || iequals(verb, "VRFY") ||
+                               iequals(verb, "HELP");
             }
             trace("S:", step.reply);
+            // Junk commands (NOOP, RSET, VRFY, HELP) since the last accepted message: the one
+            // past the limit, and only that one, is answered with the junk 421 alone.
+            if (junk_command) ++junk_;
+            const bool junk_close = step.reply == "421 4.7.0 Too many junk commands, closing connection\r\n";
+            CHECK(junk_close == (junk_command && junk_ > kMaxJunk), step.reply);
+            if (junk_close) CHECK(step.action == Action::close, step.reply);
             // The error that reaches the limit gets its own reply, then the 421 and the close.
             const auto limit_reply = step.reply.find("421 4.7.0 ");
             int code = 0;
@@ -269,6 +294,13 @@ public:
                 CHECK(!protocol_.in_data(), step.reply);
                 CHECK(protocol_.envelope().recipients.empty(), step.reply);
                 CHECK(protocol_.envelope().sender.empty(), step.reply);
+                if (outcome_ == DataOutcome::queued || outcome_ == DataOutcome::discarded) junk_ = 0;
+                // Only the session bound ends a session at the end of DATA: 421 4.4.2.
+                if (outcome_ == DataOutcome::timed_out) {
+                    CHECK(code == 421 && step.action == Action::close, step.reply);
+                    CHECK(step.reply.find(" 4.4.2 ") != std::string::npos, step.reply);
+                    return;
+                }
                 CHECK(step.action == Action::none, step.reply);
             } else {
                 CHECK(!protocol_.in_data(), step.reply);
@@ -299,6 +331,10 @@ private:
         s.accept_all_recipients = false;
         s.accepted_domains = {std::string(kAcceptedDomain)};
         s.max_errors = kMaxErrors;
+        s.max_junk_commands = kMaxJunk;
+        s.max_header_bytes = kMaxHeaderBytes;
+        s.max_header_lines = kMaxHeaderLines;
+        s.max_received_headers = kMaxReceived;
         s.tls_available = true;
         return s;
     }
@@ -359,8 +395,8 @@ private:
         const std::string_view raw = stream_.substr(start, pos_ - start);
         trace("D:", out);
         check_decoded(decoder, raw, out, true);
-        check_headers(out);
-        choose_outcome(decoder, out);
+        const MessageFacts facts = scan_message(out, decoder);
+        choose_outcome(facts);
         return true;
     }
 
@@ -399,26 +435,68 @@ private:
         }
     }
 
-    // The session collects the header section of what the decoder wrote.
-    static void check_headers(std::string_view message) {
-        mxhook::mail::HeaderCollector collector(1024);
-        collector.feed(message);
-        CHECK(collector.section().size() <= 1024, message);
-        CHECK(message.substr(0, collector.section().size()) == collector.section(), message);
-        for (const auto& [name, value] : mxhook::mail::parse_headers(collector.section())) {
+    // What the session learns of the message while it streams: the header section is
+    // counted in the read pieces (never kept), and must agree with parsing it whole.
+    MessageFacts scan_message(std::string_view message, const DataDecoder& decoder) {
+        mxhook::mail::HeaderScanner scanner;
+        std::size_t pos = 0;
+        while (pos < message.size()) {
+            const std::size_t n = std::min<std::size_t>(message.size() - pos, 1 + pieces_.next() % 97);
+            scanner.feed(message.substr(pos, n));
+            pos += n;
+        }
+        std::size_t end = message.size();
+        bool ended = false;
+        for (std::size_t i = 0, line_start = 0; i < message.size(); ++i) {
+            if (message[i] != '\n') continue;
+            const auto line = message.substr(line_start, i - line_start);
+            if (line.empty() || line == "\r") {
+                end = i + 1;
+                ended = true;
+                break;
+            }
+            line_start = i + 1;
+        }
+        const std::string_view section = message.substr(0, end);
+        std::size_t lfs = 0;
+        for (const char c : section) lfs += c == '\n';
+        const auto parsed = mxhook::mail::parse_headers(section);
+        CHECK(scanner.ended() == ended, message);
+        CHECK(scanner.bytes() == section.size(), message);
+        CHECK(scanner.lines() == lfs - (ended ? 1 : 0), message);
+        CHECK(scanner.received() == mxhook::mail::count_headers(parsed, "Received"), message);
+        for (const auto& [name, value] : parsed) {
             CHECK(name.find('\n') == std::string::npos && value.find('\n') == std::string::npos, message);
         }
+        MessageFacts facts;
+        facts.size = message.size();
+        facts.header_bytes = scanner.bytes();
+        facts.header_lines = scanner.lines();
+        facts.received_headers = scanner.received();
+        facts.bare_lf_refused = decoder.saw_bare_lf() && (outcomes_.next() & 1);
+        facts.store_failed = outcomes_.next() % 16 == 0;
+        return facts;
     }
 
-    void choose_outcome(const DataDecoder& decoder, const std::string& out) {
-        static constexpr DataOutcome all[] = {
-            DataOutcome::queued,    DataOutcome::too_big, DataOutcome::headers_too_big,
-            DataOutcome::bare_lf,   DataOutcome::local_error, DataOutcome::loop,
-            DataOutcome::denied,    DataOutcome::discarded, DataOutcome::decision_unavailable,
+    // The checks the session makes at the end of DATA, then (when they pass) what the
+    // decision API and the commit may make of it.
+    void choose_outcome(const MessageFacts& facts) {
+        static constexpr DataOutcome later[] = {
+            DataOutcome::queued,   DataOutcome::local_error,          DataOutcome::denied,
+            DataOutcome::discarded, DataOutcome::decision_unavailable, DataOutcome::timed_out,
         };
-        outcome_ = all[outcomes_.next() % (sizeof all / sizeof all[0])];
-        if (out.size() > kMaxMessageBytes) outcome_ = DataOutcome::too_big;
-        if (outcome_ == DataOutcome::bare_lf && !decoder.saw_bare_lf()) outcome_ = DataOutcome::queued;
+        const auto refused = mxhook::smtp::check_message(facts, settings());
+        CHECK(!refused || *refused != DataOutcome::queued, "");
+        CHECK((refused == DataOutcome::too_big) == (facts.size > kMaxMessageBytes), "");
+        if (refused == DataOutcome::headers_too_big) {
+            CHECK(facts.header_bytes > kMaxHeaderBytes || facts.header_lines > kMaxHeaderLines, "");
+        }
+        if (!refused) {
+            CHECK(facts.size <= kMaxMessageBytes && facts.header_bytes <= kMaxHeaderBytes, "");
+            CHECK(facts.header_lines <= kMaxHeaderLines && facts.received_headers <= kMaxReceived, "");
+            CHECK(!facts.store_failed && !facts.bare_lf_refused, "");
+        }
+        outcome_ = refused ? *refused : later[outcomes_.next() % (sizeof later / sizeof later[0])];
         switch (outcome_) {
             case DataOutcome::queued:
             case DataOutcome::discarded: outcome_text_ = "1764090194123-0f8e9c1a-4b2d-4c55-9a11-3e2f5d7c8b90"; break;
@@ -436,6 +514,7 @@ private:
     Rng outcomes_;
     Protocol protocol_;
     std::size_t command_errors_ = 0;
+    std::size_t junk_ = 0;
     DataOutcome outcome_ = DataOutcome::queued;
     std::string outcome_text_;
 };

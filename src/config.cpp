@@ -329,6 +329,7 @@ Config load_config(const EnvLookup& env) {
     c.smtp_max_connections = reader.count("SMTP_MAX_CONNECTIONS", c.smtp_max_connections);
     c.smtp_max_connections_per_ip = reader.count("SMTP_MAX_CONNECTIONS_PER_IP", c.smtp_max_connections_per_ip);
     c.smtp_max_errors = reader.count("SMTP_MAX_ERRORS", c.smtp_max_errors);
+    c.smtp_max_junk_commands = reader.count("SMTP_MAX_JUNK_COMMANDS", c.smtp_max_junk_commands);
     c.smtp_max_header_bytes = reader.count("SMTP_MAX_HEADER_BYTES", c.smtp_max_header_bytes);
     c.smtp_max_header_lines = reader.count("SMTP_MAX_HEADER_LINES", c.smtp_max_header_lines);
     c.smtp_max_received_headers = reader.count("SMTP_MAX_RECEIVED_HEADERS", c.smtp_max_received_headers);

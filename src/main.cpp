@@ -116,6 +116,7 @@ int run(const Config& config) {
     protocol.accept_all_recipients = config.accept_all_recipients;
     protocol.accepted_domains = config.accepted_domains;
     protocol.max_errors = config.smtp_max_errors;
+    protocol.max_junk_commands = config.smtp_max_junk_commands;
     protocol.max_received_headers = config.smtp_max_received_headers;
     protocol.max_header_bytes = config.smtp_max_header_bytes;
     protocol.max_header_lines = config.smtp_max_header_lines;

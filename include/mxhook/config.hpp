@@ -53,6 +53,7 @@ struct Config {
     std::size_t smtp_max_connections = 1000;                // SMTP_MAX_CONNECTIONS
     std::size_t smtp_max_connections_per_ip = 20;           // SMTP_MAX_CONNECTIONS_PER_IP
     std::size_t smtp_max_errors = 20;                       // SMTP_MAX_ERRORS
+    std::size_t smtp_max_junk_commands = 100;               // SMTP_MAX_JUNK_COMMANDS
     std::size_t smtp_max_header_bytes = 1048576;            // SMTP_MAX_HEADER_BYTES
     std::size_t smtp_max_header_lines = 10000;              // SMTP_MAX_HEADER_LINES
     std::size_t smtp_max_received_headers = 100;            // SMTP_MAX_RECEIVED_HEADERS

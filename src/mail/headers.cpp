@@ -1,6 +1,8 @@
 #include "mxhook/mail/headers.hpp"
 
 #include <algorithm>
+#include <array>
+#include <istream>
 
 namespace mxhook::mail {
 namespace {
@@ -20,18 +22,6 @@ char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c -
 bool iequals(std::string_view a, std::string_view b) {
     return a.size() == b.size() &&
            std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return ascii_lower(x) == ascii_lower(y); });
-}
-
-// Position just past the first empty line (LF or CRLF) whose '\n' is at or after
-// `from`, or npos. Checking the line that ends at each new '\n' means an empty line
-// split across two feed() calls is found without rescanning old input.
-std::size_t find_empty_line(std::string_view text, std::size_t from) {
-    for (auto i = text.find('\n', from); i != std::string_view::npos; i = text.find('\n', i + 1)) {
-        const bool empty = i == 0 || text[i - 1] == '\n' ||
-                           (text[i - 1] == '\r' && (i == 1 || text[i - 2] == '\n'));
-        if (empty) return i + 1;
-    }
-    return std::string_view::npos;
 }
 
 }  // namespace
@@ -71,25 +61,65 @@ std::size_t count_headers(const Headers& headers, std::string_view name) {
         std::count_if(headers.begin(), headers.end(), [&](const Header& h) { return iequals(h.first, name); }));
 }
 
-void HeaderCollector::feed(std::string_view bytes) {
-    if (done_) return;
-    const std::size_t old_size = section_.size();
-    const std::size_t room = limit_ > old_size ? limit_ - old_size : 0;
-    // One byte past the limit is enough to learn that the section does not end in time.
-    section_.append(bytes.substr(0, std::min(bytes.size(), room + 1)));
+Headers read_headers(std::istream& in, std::size_t max_bytes) {
+    std::string section;
+    HeaderScanner scanner;
+    std::array<char, 16384> chunk;
+    while (!scanner.ended()) {
+        if (section.size() == max_bytes) {
+            // Cut by the bound, unless the message ends right there.
+            if (!std::istream::traits_type::eq_int_type(in.peek(), std::istream::traits_type::eof())) {
+                const auto last_nl = section.rfind('\n');
+                section.resize(last_nl == std::string::npos ? 0 : last_nl + 1);
+            }
+            break;
+        }
+        in.read(chunk.data(), static_cast<std::streamsize>(std::min(chunk.size(), max_bytes - section.size())));
+        const auto got = static_cast<std::size_t>(in.gcount());
+        if (got == 0) break;  // the whole message is header section
+        const std::uint64_t before = scanner.bytes();
+        scanner.feed(std::string_view(chunk.data(), got));
+        // Nothing after the empty line that ends the section.
+        section.append(chunk.data(), scanner.ended() ? static_cast<std::size_t>(scanner.bytes() - before) : got);
+    }
+    return parse_headers(section);
+}
 
-    const std::size_t end = find_empty_line(section_, old_size);
-    if (end != std::string_view::npos && end <= limit_) {
-        section_.resize(end);
-        done_ = true;
-    } else if (section_.size() > limit_) {
-        // Keep whole lines only: a header cut in the middle would be recorded with a
-        // wrong value, while a missing one is merely missing.
-        section_.resize(limit_);
-        const auto last_nl = section_.rfind('\n');
-        section_.resize(last_nl == std::string::npos ? 0 : last_nl + 1);
-        truncated_ = true;
-        done_ = true;
+void HeaderScanner::feed(std::string_view input) {
+    static constexpr std::string_view kReceived = "received:";
+    std::size_t i = 0;
+    while (i < input.size() && !ended_) {
+        if (matched_ == kNoMatch && !line_start_ && !lone_cr_) {
+            // Inside a line that can neither end the section nor be a Received: header:
+            // only its LF matters.
+            const auto nl = input.find('\n', i);
+            const std::size_t skipped = (nl == std::string_view::npos ? input.size() : nl) - i;
+            bytes_ += skipped;
+            i += skipped;
+            if (i == input.size()) break;
+        }
+        const char c = input[i++];
+        ++bytes_;
+        if (c == '\n') {
+            if (line_start_ || lone_cr_) {
+                ended_ = true;
+                break;
+            }
+            ++lines_;
+            line_start_ = true;
+            matched_ = 0;
+            continue;
+        }
+        lone_cr_ = line_start_ && c == '\r';
+        line_start_ = false;
+        if (matched_ != kNoMatch) {
+            if (ascii_lower(c) != kReceived[static_cast<std::size_t>(matched_)]) {
+                matched_ = kNoMatch;
+            } else if (static_cast<std::size_t>(++matched_) == kReceived.size()) {
+                ++received_;
+                matched_ = kNoMatch;
+            }
+        }
     }
 }
 

@@ -31,17 +31,27 @@ std::string line(std::string_view text) {
     return out;
 }
 
+bool is_control(unsigned char c) { return c < 0x20 || c == 0x7f; }
+
 // A mailbox as it may appear between angle brackets: printable, no spaces outside a
 // quoted local part, no brackets. 8-bit bytes are allowed (SMTPUTF8 senders use them,
-// and refusing them gains nothing for a receiver).
+// and refusing them gains nothing for a receiver). Inside quotes a backslash escapes one
+// printable ASCII character only (RFC 5321 quoted-pairSMTP = %d92 %d32-126): an escaped
+// NUL, CR or ESC would reach the logs and the webhook as it is.
 bool valid_mailbox(std::string_view address) {
     bool quoted = false;
     for (std::size_t i = 0; i < address.size(); ++i) {
         const auto c = static_cast<unsigned char>(address[i]);
-        if (c < 0x20 || c == 0x7f) return false;
-        if (c == '"') quoted = !quoted;
-        else if (c == '\\' && quoted) ++i;
-        else if (!quoted && (c == ' ' || c == '<' || c == '>')) return false;
+        if (is_control(c)) return false;
+        if (c == '"') {
+            quoted = !quoted;
+        } else if (c == '\\' && quoted) {
+            if (++i == address.size()) return false;
+            const auto escaped = static_cast<unsigned char>(address[i]);
+            if (escaped < 0x20 || escaped > 0x7e) return false;
+        } else if (!quoted && (c == ' ' || c == '<' || c == '>')) {
+            return false;
+        }
     }
     return !quoted;
 }
@@ -90,8 +100,20 @@ const char* outcome_name(DataOutcome outcome) {
         case DataOutcome::denied: return "denied";
         case DataOutcome::discarded: return "discarded";
         case DataOutcome::decision_unavailable: return "decision-unavailable";
+        case DataOutcome::timed_out: return "timed-out";
     }
     return "unknown";
+}
+
+std::optional<DataOutcome> check_message(const MessageFacts& facts, const ProtocolSettings& settings) {
+    if (facts.size > settings.max_message_bytes) return DataOutcome::too_big;
+    if (facts.header_bytes > settings.max_header_bytes || facts.header_lines > settings.max_header_lines) {
+        return DataOutcome::headers_too_big;
+    }
+    if (facts.store_failed) return DataOutcome::local_error;
+    if (facts.bare_lf_refused) return DataOutcome::bare_lf;
+    if (facts.received_headers > settings.max_received_headers) return DataOutcome::loop;
+    return std::nullopt;
 }
 
 Protocol::Protocol(ProtocolSettings settings) : settings_(std::move(settings)) {}
@@ -109,6 +131,15 @@ Step Protocol::error(std::string reply) {
         return {std::move(reply) + line("421 4.7.0 Too many errors, closing connection"), Action::close};
     }
     return {std::move(reply)};
+}
+
+std::optional<Step> Protocol::junk() {
+    // Past the limit, not at it: a client may send max_junk_commands of them between two
+    // messages, and the next one is answered with the 421 alone.
+    if (++junk_ > settings_.max_junk_commands) {
+        return Step{line("421 4.7.0 Too many junk commands, closing connection"), Action::close};
+    }
+    return std::nullopt;
 }
 
 void Protocol::reset_transaction() {
@@ -136,6 +167,11 @@ Step Protocol::on_line(std::string_view text) {
     if (iequals(verb, "MAIL")) return on_mail(arg);
     if (iequals(verb, "RCPT")) return on_rcpt(arg);
     if (iequals(verb, "DATA")) return on_data(arg);
+    const bool junk_command =
+        iequals(verb, "RSET") || iequals(verb, "NOOP") || iequals(verb, "VRFY") || iequals(verb, "HELP");
+    if (junk_command) {
+        if (auto closing = junk()) return std::move(*closing);
+    }
     if (iequals(verb, "RSET")) {
         if (!trim(arg).empty()) return error(line("501 5.5.4 Syntax: RSET"));
         reset_transaction();
@@ -268,7 +304,12 @@ Step Protocol::on_data_end(DataOutcome outcome, std::string_view text) {
     reset_transaction();
     switch (outcome) {
         case DataOutcome::queued:
-        case DataOutcome::discarded: return {line("250 2.0.0 Queued as " + std::string(text))};
+        case DataOutcome::discarded:
+            // As Postfix: a client that gets its mail through is forgiven its junk so far (a
+            // long session that says RSET between messages is not abuse).
+            junk_ = 0;
+            return {line("250 2.0.0 Queued as " + std::string(text))};
+        case DataOutcome::timed_out: return {std::string(timeout_reply()), Action::close};
         case DataOutcome::too_big:
             return {line("552 5.3.4 Message size exceeds fixed maximum message size")};
         case DataOutcome::headers_too_big:

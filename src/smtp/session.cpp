@@ -6,14 +6,18 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <optional>
+#include <variant>
 
 namespace mxhook::smtp {
 namespace asio = boost::asio;
@@ -26,12 +30,28 @@ namespace {
 constexpr std::size_t kMaxCommandLine = 512;
 // Replies are written once this much has piled up, even mid-pipeline.
 constexpr std::size_t kMaxPendingReplies = 16 * 1024;
-// Decoded DATA is written to the spool in pieces of about this size.
-constexpr std::size_t kFlushBytes = 256 * 1024;
+// Decoded DATA is written to the spool once this much has piled up (fewer, larger writes
+// while the data keeps coming), and from kIdleFlushBytes on before every wait for the
+// client: a client that stalls leaves less than that of its message in memory.
+constexpr std::size_t kFlushBytes = 64 * 1024;
+constexpr std::size_t kIdleFlushBytes = 4 * 1024;
 // How long a client may take to read our last reply before we drop it.
 constexpr auto kFinalReplyTimeout = std::chrono::seconds(10);
 // The reverse-DNS name is a courtesy for the trace header and meta.json: never wait long.
 constexpr auto kReverseLookupBound = std::chrono::seconds(3);
+
+// Marks a read or write under way for the watchdog: SMTP_TIMEOUT_MS bounds socket
+// operations only, not the disk work or the decision API call between them.
+class IoUnderWay {
+public:
+    explicit IoUnderWay(bool& flag) : flag_(flag) { flag_ = true; }
+    ~IoUnderWay() { flag_ = false; }
+    IoUnderWay(const IoUnderWay&) = delete;
+    IoUnderWay& operator=(const IoUnderWay&) = delete;
+
+private:
+    bool& flag_;
+};
 
 std::string joined(const std::vector<std::string>& items) {
     std::string out;
@@ -53,7 +73,28 @@ Session::Session(asio::ip::tcp::socket socket, SessionContext& context, std::str
       client_ip_(std::move(client_ip)),
       host_lookup_timer_(socket_.get_executor(), kReverseLookupBound) {}
 
-void Session::arm_deadline() { deadline_ = std::chrono::steady_clock::now() + context_.config.smtp_timeout; }
+void Session::arm_deadline() {
+    if (!timed_out_) deadline_ = std::chrono::steady_clock::now() + context_.config.smtp_timeout;
+}
+
+void Session::expire() {
+    if (timed_out_) return;
+    timed_out_ = true;
+    deadline_ = std::chrono::steady_clock::now() + kFinalReplyTimeout;
+    boost::system::error_code ec;
+    socket_.cancel(ec);           // a read or write under way ends now
+    host_lookup_timer_.cancel();  // a DATA waiting for the client's name: time is up too
+}
+
+bool Session::out_of_time() const {
+    return timed_out_ || std::chrono::steady_clock::now() >= session_deadline_;
+}
+
+bool Session::client_idle() {
+    if (tls_ && SSL_pending(tls_->native_handle()) > 0) return false;
+    boost::system::error_code ec;
+    return socket_.available(ec) == 0 || ec;
+}
 
 void Session::shutdown() {
     shutting_down_ = true;
@@ -118,15 +159,21 @@ awaitable<void> Session::watchdog() {
         boost::system::error_code ec;
         co_await watchdog_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
         if (closed_) break;
-        if (std::chrono::steady_clock::now() < due()) continue;  // the deadline moved on
+        const auto now = std::chrono::steady_clock::now();
+        if (now < due()) continue;  // the deadline moved on
         if (timed_out_) {  // not even the timeout reply could be written
             socket_.close(ec);
             break;
         }
-        timed_out_ = true;
-        deadline_ = std::chrono::steady_clock::now() + kFinalReplyTimeout;
-        socket_.cancel(ec);
-        host_lookup_timer_.cancel();  // a DATA waiting for the client's name: time is up too
+        if (now < session_deadline_ && !io_pending_) {
+            // SMTP_TIMEOUT_MS is for reads and writes; between them (the disk, the decision
+            // API) only the session bound counts. Look again one timeout later.
+            deadline_ = now + context_.config.smtp_timeout;
+            continue;
+        }
+        // Whatever the session is doing: a read or write is cancelled here; the DATA phase
+        // notices between its steps (and abandons a decision call on its own timer).
+        expire();
     }
 }
 
@@ -137,7 +184,9 @@ awaitable<bool> Session::read_more() {
         rpos_ = 0;
     }
     if (rlen_ == rbuf_.size()) co_return true;  // caller consumes before reading again
+    if (timed_out_) co_return false;           // time is up: nothing more is read
     arm_deadline();
+    const IoUnderWay reading(io_pending_);
     boost::system::error_code ec;
     const auto space = asio::buffer(rbuf_.data() + rlen_, rbuf_.size() - rlen_);
     const std::size_t n = tls_ ? co_await tls_->async_read_some(space, asio::redirect_error(use_awaitable, ec))
@@ -149,7 +198,8 @@ awaitable<bool> Session::read_more() {
 
 awaitable<void> Session::flush() {
     if (out_.empty()) co_return;
-    if (!timed_out_) arm_deadline();
+    arm_deadline();
+    const IoUnderWay writing(io_pending_);
     std::string data;
     data.swap(out_);
     if (tls_) co_await asio::async_write(*tls_, asio::buffer(data), use_awaitable);
@@ -170,6 +220,10 @@ awaitable<void> Session::serve() {
     for (;;) {
         if (shutting_down_) {
             co_await close_with(Protocol::shutdown_reply());
+            co_return;
+        }
+        if (timed_out_) {  // e.g. while commands pipelined before the bound are worked off
+            co_await close_with(Protocol::timeout_reply());
             co_return;
         }
         const char* begin = rbuf_.data() + rpos_;
@@ -230,11 +284,15 @@ awaitable<void> Session::serve() {
 namespace mxhook::smtp {
 
 awaitable<bool> Session::start_tls() {
+    if (timed_out_) co_return false;
     tls_context_ = context_.tls->current();
     tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_context_);
     arm_deadline();
     boost::system::error_code ec;
-    co_await tls_->async_handshake(asio::ssl::stream_base::server, asio::redirect_error(use_awaitable, ec));
+    {
+        const IoUnderWay handshake(io_pending_);
+        co_await tls_->async_handshake(asio::ssl::stream_base::server, asio::redirect_error(use_awaitable, ec));
+    }
     if (ec) {
         // Scanners and broken clients fail handshakes all day: worth a line, not an alarm.
         spdlog::info("smtp client={} TLS handshake failed: {}", client_ip_, ec.message());
@@ -246,174 +304,256 @@ awaitable<bool> Session::start_tls() {
     co_return true;
 }
 
-awaitable<void> Session::discard(spool::TmpItem& item) {
-    auto& spool = context_.spool;
-    co_await run_blocking(context_.pool, [&spool, &item] { spool.discard(item); });
-}
+// One message being received: what the log line, the trace header and meta.json need.
+struct Session::Incoming {
+    std::string id = spool::new_id();
+    Envelope envelope;
+    std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+    std::uint64_t size = 0;        // bytes of the client's message, our trace header excluded
+    std::size_t trace_bytes = 0;   // our Received: header, at the start of message.eml
+    std::string client_host;       // as written into the trace header
+};
 
 awaitable<std::optional<Step>> Session::receive_message(const std::string& reply354) {
-    const auto started = std::chrono::steady_clock::now();
-    const std::string id = spool::new_id();
-    const Envelope envelope = protocol_.envelope();
-    auto& spool = context_.spool;
-    auto& pool = context_.pool;
-
-    // One log line per transaction, and the reply; `ids` are the queued spool items.
-    auto finish = [&](DataOutcome outcome, std::size_t size, const std::string& detail = {}) {
-        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
-        spdlog::info("smtp client={} helo={} sender=<{}> recipients={} size={} id={} outcome={}{}{}{} ms={}",
-                     client_ip_, protocol_.helo(), envelope.sender, joined(envelope.recipients), size, id,
-                     outcome_name(outcome), protocol_.tls_active() ? " tls=yes" : "", detail.empty() ? "" : " detail=",
-                     detail, ms.count());
-        return std::optional<Step>(protocol_.on_data_end(outcome, outcome == DataOutcome::denied ? detail : id));
-    };
-
-    spool::TmpItem item;
-    try {
-        item = co_await run_blocking(pool, [&spool, &id] { return spool.create(id); });
-    } catch (const std::exception& e) {
-        spdlog::error("spool: cannot create {}: {}", id, e.what());
-        co_return finish(DataOutcome::local_error, 0);
-    }
-    out_ += reply354;
-    bool greeted = false;
-    try {
-        co_await flush();
-        greeted = true;
-    } catch (const std::exception&) {
-    }
-    if (!greeted) {  // the client went away before the 354: nothing may stay in tmp/
-        co_await discard(item);
+    Incoming in;
+    in.envelope = protocol_.envelope();
+    auto item = co_await create_item(in.id);
+    if (!item) co_return finish(in, DataOutcome::local_error);
+    if (!co_await begin_data(reply354)) {  // nothing may stay in tmp/
+        co_await discard(*item);
         co_return std::nullopt;
     }
+    const auto facts = co_await pump(*item, in);
+    if (!facts) co_return std::nullopt;
+    if (const auto refused = check_message(*facts, context_.protocol)) {
+        co_await discard(*item);
+        co_return finish(in, *refused);
+    }
+    const auto meta = co_await build_meta(*item, in);
+    if (!meta) {
+        co_await discard(*item);
+        co_return finish(in, DataOutcome::local_error);
+    }
+    if (const auto refused = co_await ask_decision(*item, *meta)) {
+        co_await discard(*item);
+        co_return finish(in, refused->first, refused->second);
+    }
+    co_return co_await commit_and_answer(*item, in, *meta);
+}
 
+Step Session::finish(const Incoming& in, DataOutcome outcome, const std::string& detail) {
+    // One log line per transaction, and the reply.
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - in.started);
+    spdlog::info("smtp client={} helo={} sender=<{}> recipients={} size={} id={} outcome={}{}{}{} ms={}", client_ip_,
+                 protocol_.helo(), in.envelope.sender, joined(in.envelope.recipients), in.size, in.id,
+                 outcome_name(outcome), protocol_.tls_active() ? " tls=yes" : "", detail.empty() ? "" : " detail=",
+                 detail, ms.count());
+    return protocol_.on_data_end(outcome, outcome == DataOutcome::denied ? detail : in.id);
+}
+
+awaitable<std::optional<spool::TmpItem>> Session::create_item(const std::string& id) {
+    auto& spool = context_.spool;
+    co_return co_await run_blocking(context_.pool, [&spool, &id]() -> std::optional<spool::TmpItem> {
+        try {
+            return spool.create(id);
+        } catch (const std::exception& e) {
+            spdlog::error("spool: cannot create {}: {}", id, e.what());
+            return std::nullopt;
+        }
+    });
+}
+
+awaitable<bool> Session::begin_data(const std::string& reply354) {
+    out_ += reply354;
+    try {
+        co_await flush();
+    } catch (const std::exception&) {
+        co_return false;  // the client went away before the 354
+    }
     if (!host_lookup_done_) {  // a fast client: give the lookup the rest of its bound
         boost::system::error_code wait_ec;
         co_await host_lookup_timer_.async_wait(asio::redirect_error(use_awaitable, wait_ec));
         if (timed_out_) {  // SMTP_TIMEOUT_MS or SMTP_MAX_SESSION_MS ran out meanwhile
-            co_await discard(item);
             co_await close_with(Protocol::timeout_reply());
-            co_return std::nullopt;
+            co_return false;
         }
     }
+    co_return true;
+}
+
+std::string Session::trace_header(Incoming& in) {
     mail::TraceInfo trace;
     trace.helo = protocol_.helo();
     trace.client_ip = client_ip_;
-    trace.client_host = client_host_;
+    trace.client_host = in.client_host = client_host_;
     trace.by_host = context_.config.smtp_hostname;
     // RFC 3848: ESMTPS when the message came over STARTTLS.
     trace.protocol = std::string(protocol_.esmtp() ? "ESMTP" : "SMTP") + (protocol_.tls_active() ? "S" : "");
     trace.tls = tls_description_;
-    trace.id = id;
-    if (envelope.recipients.size() == 1) trace.recipient = envelope.recipients.front();
+    trace.id = in.id;
+    if (in.envelope.recipients.size() == 1) trace.recipient = in.envelope.recipients.front();
     trace.when = std::chrono::system_clock::now();
+    return mail::received_header(trace);
+}
 
-    std::string pending = mail::received_header(trace);
-    const auto trace_lines = static_cast<std::size_t>(std::count(pending.begin(), pending.end(), '\n'));
-    // Bounded: the client's header section may take max_header_bytes after our trace header.
-    mail::HeaderCollector header_section(pending.size() + context_.protocol.max_header_bytes);
-    header_section.feed(pending);
-
+awaitable<std::optional<MessageFacts>> Session::pump(spool::TmpItem& item, Incoming& in) {
+    std::string pending = trace_header(in);  // decoded bytes not yet written
+    in.trace_bytes = pending.size();
     DataDecoder decoder;
-    std::size_t size = 0;  // bytes of the client's message, our trace header excluded
-    bool too_big = false;
-    bool write_failed = false;
+    mail::HeaderScanner headers;  // the client's header section, counted and never kept
+    bool store_failed = false;
+    // Over the size bound or after a failed write: keep reading to the end of DATA, store nothing more.
+    const auto storing = [&] { return !store_failed && in.size <= context_.protocol.max_message_bytes; };
     for (;;) {
-        if (available() == 0 && !co_await read_more()) {
-            co_await discard(item);
-            if (timed_out_) co_await close_with(Protocol::timeout_reply());
-            spdlog::info("smtp client={} id={} connection lost during DATA after {} bytes", client_ip_, id, size);
-            co_return std::nullopt;
+        if (available() == 0) {
+            // About to wait for the client: when it has nothing more for us right now, what
+            // was decoded goes to disk first and the buffer is let go, so a stalled client
+            // holds next to nothing. Under kIdleFlushBytes it waits for more instead (a pool
+            // round trip for every few bytes a slow client drips would cost more than they do).
+            if (client_idle()) {
+                if (pending.size() >= kIdleFlushBytes) {
+                    if (storing()) store_failed = !co_await store(item, pending);
+                    pending.clear();
+                }
+                pending.shrink_to_fit();
+            }
+            if (!co_await read_more()) {
+                co_await discard(item);
+                if (timed_out_) co_await close_with(Protocol::timeout_reply());
+                spdlog::info("smtp client={} id={} connection lost during DATA after {} bytes", client_ip_, in.id,
+                             in.size);
+                co_return std::nullopt;
+            }
         }
         const std::size_t before = pending.size();
         const auto result = decoder.feed(std::string_view(rbuf_.data() + rpos_, available()), pending);
         rpos_ += result.consumed;
         const std::string_view fresh = std::string_view(pending).substr(before);
-        size += fresh.size();
-        if (!header_section.done()) header_section.feed(fresh);
-        if (size > context_.protocol.max_message_bytes) too_big = true;
-        if (too_big || write_failed) {
-            pending.clear();  // keep reading to the end of DATA, store nothing more
+        in.size += fresh.size();
+        headers.feed(fresh);
+        if (!storing()) {
+            pending.clear();
         } else if (pending.size() >= kFlushBytes || result.finished) {
-            try {
-                co_await run_blocking(pool, [&spool, &item, &pending] { spool.append(item, pending); });
-            } catch (const std::exception& e) {
-                spdlog::error("spool: write of {} failed: {}", id, e.what());
-                write_failed = true;
-            }
+            store_failed = !co_await store(item, pending);
             pending.clear();
         }
         if (result.finished) break;
     }
+    MessageFacts facts;
+    facts.size = in.size;
+    facts.header_bytes = headers.bytes();
+    facts.header_lines = headers.lines();
+    facts.received_headers = headers.received();
+    facts.bare_lf_refused = decoder.saw_bare_lf() && context_.config.smtp_bare_lf == BareLfPolicy::reject;
+    facts.store_failed = store_failed;
+    co_return facts;
+}
 
-    const bool refuse_bare_lf = decoder.saw_bare_lf() && context_.config.smtp_bare_lf == BareLfPolicy::reject;
-    const auto& section = header_section.section();
-    // The client's own lines only: not our trace header, not the empty line that ends the section.
-    const auto section_lines = static_cast<std::size_t>(std::count(section.begin(), section.end(), '\n'));
-    const std::size_t client_lines = section_lines - trace_lines - (header_section.done() ? 1 : 0);
-    const bool headers_too_big = header_section.truncated() || client_lines > context_.protocol.max_header_lines;
-    auto headers = mail::parse_headers(section);
-    const bool loop = mail::count_headers(headers, "Received") > context_.protocol.max_received_headers + 1;
-    if (too_big || headers_too_big || write_failed || refuse_bare_lf || loop) {
-        co_await discard(item);
-        co_return finish(too_big           ? DataOutcome::too_big
-                         : headers_too_big ? DataOutcome::headers_too_big
-                         : write_failed    ? DataOutcome::local_error
-                         : refuse_bare_lf  ? DataOutcome::bare_lf
-                                           : DataOutcome::loop,
-                         size);
-    }
+awaitable<bool> Session::store(spool::TmpItem& item, const std::string& bytes) {
+    auto& spool = context_.spool;
+    co_return co_await run_blocking(context_.pool, [&spool, &item, &bytes] {
+        try {
+            spool.append(item, bytes);
+            return true;
+        } catch (const std::exception& e) {
+            spdlog::error("spool: write of {} failed: {}", item.id(), e.what());
+            return false;
+        }
+    });
+}
+
+awaitable<std::optional<spool::Meta>> Session::build_meta(const spool::TmpItem& item, const Incoming& in) {
+    // The header section as stored: our trace header, then the client's section, which
+    // the checks have bounded to max_header_bytes.
+    const auto path = item.dir() / "message.eml";
+    const std::size_t limit = in.trace_bytes + context_.protocol.max_header_bytes;
+    auto headers = co_await run_blocking(context_.pool, [&path, limit]() -> std::optional<mail::Headers> {
+        std::ifstream file(path, std::ios::binary);
+        if (!file) {
+            spdlog::error("spool: cannot read the header section back from {}", path.string());
+            return std::nullopt;
+        }
+        return mail::read_headers(file, limit);
+    });
+    if (!headers) co_return std::nullopt;
 
     spool::Meta meta;
-    meta.id = id;
+    meta.id = in.id;
     meta.created_at = std::chrono::system_clock::now();
-    meta.sender = envelope.sender;
-    meta.recipients = envelope.recipients;
-    meta.from = mail::header_value(headers, "From");
-    meta.subject = mail::header_value(headers, "Subject");
-    meta.headers = std::move(headers);
-    meta.remote = {client_ip_, trace.client_host, protocol_.helo()};
+    meta.sender = in.envelope.sender;
+    meta.recipients = in.envelope.recipients;
+    meta.from = mail::header_value(*headers, "From");
+    meta.subject = mail::header_value(*headers, "Subject");
+    meta.headers = std::move(*headers);
+    meta.remote = {client_ip_, in.client_host, protocol_.helo()};
+    co_return meta;
+}
 
-    if (auto refused = co_await ask_decision(item, meta)) {
-        co_await discard(item);
-        co_return finish(refused->first, size, refused->second);
-    }
-
+awaitable<Step> Session::commit_and_answer(spool::TmpItem& item, const Incoming& in, const spool::Meta& meta) {
     std::vector<std::string> ids;
     try {
         ids = co_await commit(item, meta);
     } catch (const std::exception& e) {
-        spdlog::error("spool: commit of {} failed: {}", id, e.what());
+        spdlog::error("spool: commit of {} failed: {}", in.id, e.what());
     }
-    if (ids.empty()) {
-        co_await discard(item);
-        co_return finish(DataOutcome::local_error, size);
-    }
+    if (ids.empty()) co_await discard(item);
     if (context_.on_queued) {
         for (const auto& queued : ids) context_.on_queued(queued);
     }
-    co_return finish(DataOutcome::queued, size, ids.size() > 1 ? "items=" + joined(ids) : std::string());
+    Step step = ids.empty() ? finish(in, DataOutcome::local_error)
+                            : finish(in, DataOutcome::queued, ids.size() > 1 ? "items=" + joined(ids) : std::string());
+    // A commit runs on the pool and cannot be abandoned half-way, so the session bound may
+    // pass while it runs. The message still gets its own answer: a 421 alone for a message
+    // that was committed would make the client send it again. Then the 421.
+    if (out_of_time()) {
+        expire();
+        spdlog::info("smtp client={} id={} session bound passed during the commit: answered, then 421", client_ip_,
+                     in.id);
+        step.reply += Protocol::timeout_reply();
+        step.action = Action::close;
+    }
+    co_return step;
 }
 
-awaitable<std::optional<std::pair<DataOutcome, std::string>>> Session::ask_decision(const spool::TmpItem& item,
-                                                                                   const spool::Meta& meta) {
-    using Result = std::optional<std::pair<DataOutcome, std::string>>;
+awaitable<void> Session::discard(spool::TmpItem& item) {
+    auto& spool = context_.spool;
+    co_await run_blocking(context_.pool, [&spool, &item] { spool.discard(item); });
+}
+
+awaitable<std::optional<Session::Refusal>> Session::ask_decision(const spool::TmpItem& item,
+                                                                 const spool::Meta& meta) {
+    using Result = std::optional<Refusal>;
     auto* client = context_.decision;
     if (client == nullptr || !client->enabled()) co_return Result{};
 
     std::string raw_mime;
     if (client->mode() == DecisionMode::full) {
-        bool read = false;
-        try {
-            const auto path = item.dir() / "message.eml";
-            raw_mime = co_await run_blocking(context_.pool, [&path] { return spool::read_message(path); });
-            read = true;
-        } catch (const std::exception& e) {
-            spdlog::error("spool: cannot read {} for the decision API: {}", meta.id, e.what());
-        }
+        const auto path = item.dir() / "message.eml";
+        auto read = co_await run_blocking(context_.pool, [&path, &meta]() -> std::optional<std::string> {
+            try {
+                return spool::read_message(path);
+            } catch (const std::exception& e) {
+                spdlog::error("spool: cannot read {} for the decision API: {}", meta.id, e.what());
+                return std::nullopt;
+            }
+        });
         if (!read) co_return Result{{DataOutcome::local_error, std::string()}};
+        raw_mime = std::move(*read);
     }
-    const decision::Decision answer = co_await client->decide(meta, raw_mime);
+    // The decision API may take longer than the session may last: the session bound wins,
+    // the request is cancelled (curl drops it) and the message is not taken.
+    using namespace asio::experimental::awaitable_operators;
+    const auto abandoned = [this, &meta] {
+        spdlog::info("decision id={} abandoned: SMTP_MAX_SESSION_MS passed first", meta.id);
+        expire();
+        return Result{{DataOutcome::timed_out, std::string()}};
+    };
+    if (out_of_time()) co_return abandoned();
+    asio::steady_timer session_bound(socket_.get_executor(), session_deadline_);
+    auto raced = co_await (client->decide(meta, raw_mime) || session_bound.async_wait(use_awaitable));
+    if (raced.index() == 1) co_return abandoned();
+    const decision::Decision answer = std::move(std::get<0>(raced));
     switch (answer.verdict) {
         case decision::Verdict::allow: co_return Result{};
         case decision::Verdict::deny: co_return Result{{DataOutcome::denied, decision::deny_text(answer)}};
@@ -428,22 +568,26 @@ awaitable<std::optional<std::pair<DataOutcome, std::string>>> Session::ask_decis
 }
 
 awaitable<std::vector<std::string>> Session::commit(spool::TmpItem& item, const spool::Meta& meta) {
-    std::vector<spool::Meta> metas;
-    if (context_.config.webhook_recipient_mode == RecipientMode::each && meta.recipients.size() > 1) {
-        // One item per recipient: the first keeps the message's id, the others get new ones.
-        for (std::size_t i = 0; i < meta.recipients.size(); ++i) {
-            spool::Meta one = meta;
-            if (i > 0) one.id = spool::new_id();
-            one.recipients = {meta.recipients[i]};
-            metas.push_back(std::move(one));
-        }
-    } else {
-        metas.push_back(meta);
+    // One item per recipient in "each" mode: the first keeps the message's id, the others
+    // get new ones. Their meta.json files are made one at a time from one working copy, so
+    // memory does not grow with recipients x header size.
+    std::vector<std::string> ids{meta.id};
+    if (context_.config.webhook_recipient_mode == RecipientMode::each) {
+        for (std::size_t i = 1; i < meta.recipients.size(); ++i) ids.push_back(spool::new_id());
     }
     auto& spool = context_.spool;
-    co_await run_blocking(context_.pool, [&spool, &item, &metas] { spool.commit(item, metas); });
-    std::vector<std::string> ids;
-    for (const auto& m : metas) ids.push_back(m.id);
+    co_await run_blocking(context_.pool, [&spool, &item, &meta, &ids] {
+        if (ids.size() == 1) {
+            spool.commit(item, meta);
+            return;
+        }
+        spool::Meta one = meta;
+        spool.commit(item, ids.size(), [&one, &meta, &ids](std::size_t i) -> const spool::Meta& {
+            one.id = ids[i];
+            one.recipients = {meta.recipients[i]};
+            return one;
+        });
+    });
     co_return ids;
 }
 

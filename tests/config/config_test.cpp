@@ -176,7 +176,7 @@ TEST(ConfigTest, ErrorLineStaysOneLineWithControlCharacters) {
 const char* const positive_vars[] = {
     "SMTP_MAX_MESSAGE_BYTES", "SMTP_MAX_RECIPIENTS", "SMTP_TIMEOUT_MS",       "SHUTDOWN_GRACE_MS",
     "WEBHOOK_CONCURRENCY",    "WEBHOOK_TIMEOUT_MS",  "RETRY_SCAN_INTERVAL_MS", "RETRY_INTERVAL_MS",
-    "RETRY_MAX_INTERVAL_MS",
+    "RETRY_MAX_INTERVAL_MS",  "SMTP_MAX_JUNK_COMMANDS",
 };
 
 TEST(ConfigTest, PositiveIntegersAreRead) {
@@ -204,6 +204,14 @@ TEST(ConfigTest, PositiveIntegersRejectEverythingElse) {
             expect_rejected(name, bad);
         }
     }
+}
+
+TEST(ConfigTest, MaxJunkCommands) {
+    EXPECT_EQ(load({}).smtp_max_junk_commands, 100u);
+    EXPECT_EQ(load({{"SMTP_MAX_JUNK_COMMANDS", ""}}).smtp_max_junk_commands, 100u);
+    EXPECT_EQ(load({{"SMTP_MAX_JUNK_COMMANDS", "5"}}).smtp_max_junk_commands, 5u);
+    EXPECT_EQ(error_of({{"SMTP_MAX_JUNK_COMMANDS", "0"}}),
+              "SMTP_MAX_JUNK_COMMANDS: must be a positive integer (got \"0\")");
 }
 
 TEST(ConfigTest, PositiveIntegerErrorMessageFormat) {

@@ -22,24 +22,6 @@ bool is_iso_string(const json& value) {
     return value.is_string() && std::regex_match(value.get<std::string>(), kIsoTime);
 }
 
-// Peak resident memory (VmHWM) of a process in KiB; -1 when it cannot be read.
-long peak_rss_kib(pid_t pid) {
-    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-    std::string line;
-    while (std::getline(status, line)) {
-        if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
-    }
-    return -1;
-}
-
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MXHOOK_TEST_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define MXHOOK_TEST_ASAN 1
-#endif
 
 class DeliveryTest : public IntegrationTest {};
 
@@ -194,7 +176,7 @@ TEST_F(DeliveryTest, SixteenLargeDeliveriesAtOnceStayLean) {
     ASSERT_TRUE(start_daemon({{"WEBHOOK_CONCURRENCY", "16"}}));
     ASSERT_TRUE(hook_.wait_for(kItems, std::chrono::seconds(120))) << "delivered " << hook_.count();
     ASSERT_TRUE(spool_drains(std::chrono::seconds(30)));
-    const long peak = peak_rss_kib(daemon().pid());
+    const long peak = proc_status_kib(daemon().pid(), "VmHWM");
     ASSERT_GT(peak, 0);
     for (const auto& request : hook_.requests()) {
         EXPECT_EQ(request.field("body-mime").size(), sizes[request.id()]) << request.id();

@@ -6,6 +6,8 @@
 #include "harness/fixture.hpp"
 
 #include <algorithm>
+#include <fstream>
+#include <iostream>
 #include <set>
 
 namespace itest {
@@ -63,6 +65,7 @@ protected:
         return ids;
     }
 };
+
 
 std::size_t count_lines(const std::string& text) {
     return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
@@ -270,13 +273,22 @@ TEST_F(ReliabilityTest, DueRetryIsNotStarvedByFreshMail) {
     const std::string first = queued_id(
         client->send_message("a@example.org", {"user@example.com"}, simple_message("fails once")));
     ASSERT_FALSE(first.empty());
-    ASSERT_TRUE(hook_.wait_for(1, 10s));
-    // Its retry is due 200 ms after the failed attempt ended.
-    const auto due = hook_.requests().front().received_at + 100ms + 200ms;
+    // When its retry is due: nextAttemptAt, once the failed attempt has been written back.
+    long long due_ms = -1;
+    ASSERT_TRUE(wait_until(
+        [&] {
+            const auto meta = read_meta(pending_dir() / first);
+            if (!meta || meta->value("attempts", 0) < 1) return false;
+            due_ms = iso_ms(meta->value("nextAttemptAt", std::string()));
+            return due_ms > 0;
+        },
+        10s))
+        << "the first attempt was not written back";
+    const std::chrono::system_clock::time_point due{std::chrono::milliseconds(due_ms)};
     // Fresh mail faster than the webhook takes it, for well past that point: a deep backlog.
     const auto stream_end = due + 1500ms;
     std::vector<std::string> fresh;
-    while (std::chrono::system_clock::now() < stream_end && fresh.size() < 400) {
+    while (std::chrono::system_clock::now() < stream_end && fresh.size() < 1500) {
         const Reply reply = client->send_message("a@example.org", {"user@example.com"},
                                                  simple_message("stream " + std::to_string(fresh.size())));
         ASSERT_EQ(reply.code, 250) << reply;
@@ -285,8 +297,11 @@ TEST_F(ReliabilityTest, DueRetryIsNotStarvedByFreshMail) {
     const auto acked_at = [](const std::string& id) {
         return std::chrono::system_clock::time_point(std::chrono::milliseconds(std::stoll(id.substr(0, id.find('-')))));
     };
+    // Slack for the scan that picks the retry up (RETRY_SCAN_INTERVAL_MS=100) and the one
+    // delivery that may be under way then.
+    constexpr auto kSlack = 600ms;
     std::size_t late = 0;  // fresh messages acknowledged well after the retry was due
-    for (const auto& id : fresh) late += acked_at(id) > due + 500ms ? 1 : 0;
+    for (const auto& id : fresh) late += acked_at(id) > due + kSlack ? 1 : 0;
     ASSERT_GT(late, 0u) << "the stream ended before the retry was due: this test proves nothing";
     ASSERT_TRUE(wait_until(
         [&] {
@@ -298,10 +313,40 @@ TEST_F(ReliabilityTest, DueRetryIsNotStarvedByFreshMail) {
     std::size_t overtaken = 0;  // of those, delivered before the retry
     for (const auto& id : delivered_ids()) {
         if (id == first) break;
-        if (acked_at(id) > due + 500ms) ++overtaken;
+        if (acked_at(id) > due + kSlack) ++overtaken;
     }
     EXPECT_EQ(overtaken, 0u) << "the due retry waited behind " << overtaken << " of " << late
                              << " messages that arrived after it was due";
+}
+
+// --- WEBHOOK_RECIPIENT_MODE=each ---------------------------------------------------------
+
+// One message, 200 recipients, a header section of about 900 KiB: the fan-out writes 200
+// items, but holds one meta at a time (it used to hold 200 copies of the headers: ~200 MiB).
+TEST_F(ReliabilityTest, FanOutMemoryDoesNotGrowWithRecipientsTimesHeaders) {
+#ifdef MXHOOK_TEST_ASAN
+    GTEST_SKIP() << "AddressSanitizer's shadow memory and quarantine make the resident size meaningless";
+#endif
+    hook_.stop();  // the items stay in pending/: only the commit is measured
+    ASSERT_TRUE(start_daemon({{"WEBHOOK_RECIPIENT_MODE", "each"}, {"SMTP_TIMEOUT_MS", "120000"}}));
+    std::string message = "From: a@example.org\r\nSubject: fan-out\r\n";
+    for (int i = 0; message.size() < 900 * 1024; ++i) {
+        message += "X-Filler-" + std::to_string(i) + ": " + std::string(180, 'x') + "\r\n";
+    }
+    message += "\r\nbody\r\n";
+    std::vector<std::string> recipients;
+    for (int i = 0; i < 200; ++i) recipients.push_back("user" + std::to_string(i) + "@example.com");
+    const long before = proc_status_kib(daemon().pid(), "VmHWM");
+    SmtpClient client(daemon().smtp_port(), 120s);
+    ASSERT_EQ(client.greeting().code, 220);
+    ASSERT_EQ(client.ehlo().code, 250);
+    const Reply reply = client.send_message("a@example.org", recipients, message);
+    ASSERT_EQ(reply.code, 250) << reply;
+    const long after = proc_status_kib(daemon().pid(), "VmHWM");
+    EXPECT_EQ(list_dir(pending_dir()).size(), 200u);
+    std::cout << "[ fan-out  ] 200 recipients x 900 KiB of headers: peak RSS " << before / 1024 << " -> "
+              << after / 1024 << " MiB\n";
+    EXPECT_LT(after - before, 64 * 1024) << "peak RSS grew by " << (after - before) / 1024 << " MiB";
 }
 
 // --- haraka-webhook spools ---------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <sstream>
 #include <string>
 
 namespace mxhook::mail {
@@ -99,103 +103,194 @@ TEST(HeaderLookupTest, NonAsciiBytesAreNotFolded) {
     EXPECT_EQ(header_value(h, "x-\xc3\xa9t\xc3\xa9"), "");
 }
 
-// --- HeaderCollector -------------------------------------------------------------
+// --- HeaderScanner -------------------------------------------------------------
 
-struct Collected {
-    std::string section;
-    bool done;
-    bool truncated;
-    bool operator==(const Collected&) const = default;
+struct Scanned {
+    std::uint64_t bytes;
+    std::uint64_t lines;
+    std::uint64_t received;
+    bool ended;
+    bool operator==(const Scanned&) const = default;
 };
 
-std::ostream& operator<<(std::ostream& os, const Collected& c) {
-    return os << "{" << testing::PrintToString(c.section) << ", done=" << c.done << ", truncated=" << c.truncated
-              << "}";
+std::ostream& operator<<(std::ostream& os, const Scanned& s) {
+    return os << "{bytes=" << s.bytes << ", lines=" << s.lines << ", received=" << s.received
+              << ", ended=" << s.ended << "}";
 }
 
-Collected collect(std::string_view message, std::size_t limit, std::size_t cut1, std::size_t cut2) {
-    HeaderCollector collector(limit);
-    collector.feed(message.substr(0, cut1));
-    collector.feed(message.substr(cut1, cut2 - cut1));
-    collector.feed(message.substr(cut2));
-    return {collector.section(), collector.done(), collector.truncated()};
+Scanned result_of(const HeaderScanner& scanner) {
+    return {scanner.bytes(), scanner.lines(), scanner.received(), scanner.ended()};
+}
+
+Scanned scan(std::string_view message, std::size_t cut1, std::size_t cut2) {
+    HeaderScanner scanner;
+    scanner.feed(message.substr(0, cut1));
+    scanner.feed(message.substr(cut1, cut2 - cut1));
+    scanner.feed(message.substr(cut2));
+    return result_of(scanner);
 }
 
 // Feeds the message in three pieces cut at every pair of positions (empty pieces
-// included) and checks that the result never depends on where the cuts fall.
-void expect_same_for_every_split(std::string_view message, std::size_t limit, const Collected& expected) {
+// included), and a byte at a time, and checks that the result never depends on the cuts.
+void expect_same_for_every_split(std::string_view message, const Scanned& expected) {
     for (std::size_t i = 0; i <= message.size(); ++i)
         for (std::size_t j = i; j <= message.size(); ++j)
-            ASSERT_EQ(collect(message, limit, i, j), expected) << "cuts at " << i << " and " << j;
+            ASSERT_EQ(scan(message, i, j), expected) << "cuts at " << i << " and " << j;
+    HeaderScanner bytewise;
+    for (const char c : message) bytewise.feed(std::string_view(&c, 1));
+    ASSERT_EQ(result_of(bytewise), expected) << "a byte at a time";
 }
 
-TEST(HeaderCollectorTest, StopsAfterCrlfEmptyLine) {
-    expect_same_for_every_split("A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore\r\n", 1024,
-                                {"A: 1\r\nB: 2\r\n\r\n", true, false});
+// What the scanner must say, computed the plain way: the section up to and including its
+// first empty line, its LFs, and parse_headers' count of Received headers.
+Scanned reference(std::string_view message) {
+    std::size_t end = message.size();
+    bool ended = false;
+    std::size_t line_start = 0;
+    for (std::size_t i = 0; i < message.size(); ++i) {
+        if (message[i] != '\n') continue;
+        const auto line = message.substr(line_start, i - line_start);
+        if (line.empty() || line == "\r") {
+            end = i + 1;
+            ended = true;
+            break;
+        }
+        line_start = i + 1;
+    }
+    const auto section = message.substr(0, end);
+    const auto lfs = static_cast<std::uint64_t>(std::count(section.begin(), section.end(), '\n'));
+    return {section.size(), lfs - (ended ? 1 : 0), count_headers(parse_headers(section), "Received"), ended};
 }
 
-TEST(HeaderCollectorTest, StopsAfterLfEmptyLine) {
-    expect_same_for_every_split("A: 1\nB: 2\n\nbody\n", 1024, {"A: 1\nB: 2\n\n", true, false});
+TEST(HeaderScannerTest, EndsAfterCrlfEmptyLine) {
+    expect_same_for_every_split("A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore\r\n", {14, 2, 0, true});
 }
 
-TEST(HeaderCollectorTest, MixedLineEnds) {
-    expect_same_for_every_split("A: 1\n\r\nbody", 1024, {"A: 1\n\r\n", true, false});
-    expect_same_for_every_split("A: 1\r\n\nbody", 1024, {"A: 1\r\n\n", true, false});
+TEST(HeaderScannerTest, EndsAfterLfEmptyLine) {
+    expect_same_for_every_split("A: 1\nB: 2\n\nbody\n", {11, 2, 0, true});
 }
 
-TEST(HeaderCollectorTest, MessageStartingWithEmptyLine) {
-    expect_same_for_every_split("\r\nbody\r\n\r\n", 1024, {"\r\n", true, false});
-    expect_same_for_every_split("\nbody\n\n", 1024, {"\n", true, false});
+TEST(HeaderScannerTest, MixedLineEnds) {
+    expect_same_for_every_split("A: 1\n\r\nbody", {7, 1, 0, true});
+    expect_same_for_every_split("A: 1\r\n\nbody", {7, 1, 0, true});
 }
 
-TEST(HeaderCollectorTest, CrWithoutLfIsNotAnEmptyLine) {
-    expect_same_for_every_split("A: 1\r\n\rB: 2\r\n\r\nbody", 1024, {"A: 1\r\n\rB: 2\r\n\r\n", true, false});
+TEST(HeaderScannerTest, MessageStartingWithEmptyLine) {
+    expect_same_for_every_split("\r\nbody\r\n\r\n", {2, 0, 0, true});
+    expect_same_for_every_split("\nbody\n\n", {1, 0, 0, true});
 }
 
-TEST(HeaderCollectorTest, NotDoneWithoutEmptyLine) {
-    expect_same_for_every_split("A: 1\r\nB: 2\r\n", 1024, {"A: 1\r\nB: 2\r\n", false, false});
+TEST(HeaderScannerTest, CrWithoutLfIsNotAnEmptyLine) {
+    expect_same_for_every_split("A: 1\r\n\rB: 2\r\n\r\nbody", {15, 2, 0, true});
+    expect_same_for_every_split("A: 1\r\n\r\r\nB: 2\r\n\r\nbody", {17, 3, 0, true});
 }
 
-TEST(HeaderCollectorTest, IgnoresInputAfterDone) {
-    HeaderCollector c;
-    c.feed("A: 1\r\n\r\n");
-    ASSERT_TRUE(c.done());
-    c.feed("B: 2\r\n\r\n");
-    EXPECT_EQ(c.section(), "A: 1\r\n\r\n");
+TEST(HeaderScannerTest, NotEndedWithoutEmptyLine) {
+    expect_same_for_every_split("A: 1\r\nB: 2\r\n", {12, 2, 0, false});
+    expect_same_for_every_split("A: 1\r\nB: 2", {10, 1, 0, false});  // a last line without LF is not counted
+    expect_same_for_every_split("", {0, 0, 0, false});
 }
 
-TEST(HeaderCollectorTest, SectionEndingExactlyAtLimitIsNotTruncated) {
-    const std::string message = "A: 1\r\nB: 2\r\n\r\nbody";
-    expect_same_for_every_split(message, 14, {"A: 1\r\nB: 2\r\n\r\n", true, false});
+TEST(HeaderScannerTest, IgnoresInputAfterTheEnd) {
+    HeaderScanner s;
+    s.feed("Received: a\r\n\r\n");
+    ASSERT_TRUE(s.ended());
+    s.feed("Received: b\r\nX: 2\r\n\r\n");
+    EXPECT_EQ(result_of(s), (Scanned{15, 1, 1, true}));
 }
 
-TEST(HeaderCollectorTest, TruncatesAtLastCompleteLineWithinLimit) {
-    const std::string message = "A: 1\r\nB: 2\r\nC: 3\r\n\r\nbody";
-    // The limit falls inside "C: 3": keep A and B only.
-    expect_same_for_every_split(message, 15, {"A: 1\r\nB: 2\r\n", true, true});
-    // The limit falls inside the empty line's CRLF: all header lines, but no end seen.
-    expect_same_for_every_split(message, 19, {"A: 1\r\nB: 2\r\nC: 3\r\n", true, true});
+TEST(HeaderScannerTest, CountsReceivedHeadersAsTheParserNamesThem) {
+    const std::string message =
+        "Received: from a\r\n"
+        "\tby b; date\r\n"            // a continuation, not a header
+        "received:x\r\n"              // any case, no space needed
+        "RECEIVED: y\r\n"
+        "Received : z\r\n"            // name "Received " is another header
+        "X-Received: w\r\n"
+        " Received: folded\r\n"       // a continuation line
+        "Received\r\n"                // no colon: skipped by the parser
+        "Receive: v\r\n"
+        "\rReceived: cr first\r\n"
+        "Received:\r\n"               // empty value still counts
+        "\r\n"
+        "Received: in the body\r\n";
+    expect_same_for_every_split(message, reference(message));
+    EXPECT_EQ(reference(message).received, 4u);
 }
 
-TEST(HeaderCollectorTest, TruncatesToNothingWhenFirstLineIsTooLong) {
-    expect_same_for_every_split("Subject: far too long\r\n\r\n", 10, {"", true, true});
+TEST(HeaderScannerTest, AgreesWithTheParserOnRandomMessages) {
+    // Built from the pieces that matter, so that empty lines, CRs and Received headers
+    // turn up often.
+    static const char* const pieces[] = {"\r\n", "\n", "\r", "Received:", "received: x", "Rec", "eived:", " ",
+                                          "\t", "X: 1", ":", "a", "\x00", "\xff"};
+    std::mt19937 rng(20240601);
+    for (int round = 0; round < 3000; ++round) {
+        std::string message;
+        const int n = static_cast<int>(rng() % 12);
+        for (int i = 0; i < n; ++i) {
+            const char* piece = pieces[rng() % std::size(pieces)];
+            message += piece[0] == '\0' ? std::string(1, '\0') : std::string(piece);
+        }
+        const Scanned expected = reference(message);
+        HeaderScanner whole;
+        whole.feed(message);
+        ASSERT_EQ(result_of(whole), expected) << testing::PrintToString(message);
+        const std::size_t cut1 = message.empty() ? 0 : rng() % (message.size() + 1);
+        const std::size_t cut2 = cut1 + (message.size() == cut1 ? 0 : rng() % (message.size() - cut1 + 1));
+        ASSERT_EQ(scan(message, cut1, cut2), expected) << testing::PrintToString(message);
+    }
 }
 
-TEST(HeaderCollectorTest, TruncatedSectionStillParses) {
-    HeaderCollector c(30);
-    c.feed("Subject: hi\r\nX-Long: " + std::string(100, 'x') + "\r\n\r\n");
-    ASSERT_TRUE(c.truncated());
-    auto h = parse_headers(c.section());
+TEST(HeaderScannerTest, KeepsNothingOfWhatItSees) {
+    // O(1) state: a few counters, whatever arrives.
+    static_assert(sizeof(HeaderScanner) <= 48);
+    HeaderScanner s;
+    const std::string line = "X-Flood: " + std::string(990, 'x') + "\r\n";
+    for (int i = 0; i < 2000; ++i) s.feed(line);
+    EXPECT_EQ(result_of(s), (Scanned{2000 * line.size(), 2000, 0, false}));
+}
+
+// --- read_headers ----------------------------------------------------------------
+
+TEST(ReadHeadersTest, ReadsTheSectionOfAStoredMessage) {
+    std::istringstream in("Received: from x\r\n\tby y\r\nSubject: hi\r\n\r\nX-Body: not a header\r\n");
+    const auto h = read_headers(in, 1 << 20);
+    ASSERT_EQ(h.size(), 2u);
+    EXPECT_EQ(h[0], (Header{"Received", "from x by y"}));
+    EXPECT_EQ(h[1], (Header{"Subject", "hi"}));
+}
+
+TEST(ReadHeadersTest, SameAsParsingTheWholeMessage) {
+    std::string big = "Received: from x\r\n";
+    for (int i = 0; i < 3000; ++i) big += "X-Line-" + std::to_string(i) + ": " + std::string(i % 50, 'v') + "\r\n";
+    big += "\r\n" + std::string(100000, 'b');
+    std::istringstream in(big);
+    EXPECT_EQ(read_headers(in, big.size()), parse_headers(big));
+}
+
+TEST(ReadHeadersTest, StopsSoonAfterTheSection) {
+    std::istringstream in("A: 1\r\n\r\n" + std::string(1 << 20, 'b'));
+    EXPECT_EQ(read_headers(in, 1 << 22).size(), 1u);
+    EXPECT_LE(static_cast<std::size_t>(in.tellg()), 64u * 1024) << "read far into the body";
+}
+
+TEST(ReadHeadersTest, ABoundCutKeepsCompleteLinesOnly) {
+    std::istringstream in("Subject: hi\r\nX-Long: " + std::string(100, 'x') + "\r\n\r\n");
+    const auto h = read_headers(in, 30);
     ASSERT_EQ(h.size(), 1u);
     EXPECT_EQ(h[0], (Header{"Subject", "hi"}));
+    EXPECT_LE(static_cast<std::size_t>(in.tellg()), 30u);
 }
 
-TEST(HeaderCollectorTest, HoldsNoMoreThanTheLimitOfAHugeFeed) {
-    HeaderCollector c(1000);
-    c.feed(std::string(10'000'000, 'x'));
-    EXPECT_TRUE(c.done());
-    EXPECT_TRUE(c.truncated());
-    EXPECT_LE(c.section().capacity(), 100'000u);
+TEST(ReadHeadersTest, AMessageThatIsAllHeaderSection) {
+    // Exactly at the bound and ending there: not cut.
+    const std::string message = "A: 1\r\nB: 2";
+    std::istringstream exact(message);
+    EXPECT_EQ(read_headers(exact, message.size()).size(), 2u);
+    std::istringstream roomy(message);
+    EXPECT_EQ(read_headers(roomy, 1000).size(), 2u);
+    std::istringstream empty("");
+    EXPECT_TRUE(read_headers(empty, 1000).empty());
 }
 
 }  // namespace

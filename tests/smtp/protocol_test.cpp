@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 
 namespace mxhook::smtp {
@@ -148,6 +149,189 @@ TEST_F(ProtocolTest, HardErrorLimitCloses) {
     EXPECT_EQ(code(step), "500");
     EXPECT_NE(step.reply.find("\r\n421 4.7.0 "), std::string::npos) << step.reply;
     EXPECT_EQ(step.action, Action::close);
+}
+
+TEST_F(ProtocolTest, TimedOutIs421AndClose) {
+    say("EHLO x");
+    say("MAIL FROM:<a@b.c>");
+    say("RCPT TO:<d@e.f>");
+    ASSERT_EQ(say("DATA"), "354");
+    const auto step = p.on_data_end(DataOutcome::timed_out);
+    EXPECT_EQ(step.reply, "421 4.4.2 Timeout exceeded, closing connection\r\n");
+    EXPECT_EQ(step.action, Action::close);
+    EXPECT_STREQ(outcome_name(DataOutcome::timed_out), "timed-out");
+}
+
+// --- junk commands (SMTP_MAX_JUNK_COMMANDS) ------------------------------------------
+
+Protocol with_junk_limit(std::size_t limit) {
+    auto s = settings();
+    s.max_junk_commands = limit;
+    return Protocol(s);
+}
+
+TEST(ProtocolJunk, DefaultLimitIsPostfixs) { EXPECT_EQ(ProtocolSettings{}.max_junk_commands, 100u); }
+
+TEST(ProtocolJunk, TheCommandPastTheLimitGetsA421AndCloses) {
+    Protocol p = with_junk_limit(4);
+    EXPECT_EQ(code(p.on_line("EHLO x")), "250");
+    // NOOP, RSET, VRFY and HELP all count; each within the limit is answered as usual.
+    EXPECT_EQ(code(p.on_line("NOOP")), "250");
+    EXPECT_EQ(code(p.on_line("RSET")), "250");
+    EXPECT_EQ(code(p.on_line("VRFY someone")), "252");
+    EXPECT_EQ(code(p.on_line("help")), "214");
+    const auto step = p.on_line("NOOP");
+    EXPECT_EQ(step.reply, "421 4.7.0 Too many junk commands, closing connection\r\n");
+    EXPECT_EQ(step.action, Action::close);
+}
+
+TEST(ProtocolJunk, OtherCommandsDoNotCount) {
+    Protocol p = with_junk_limit(2);
+    for (int i = 0; i < 10; ++i) {
+        EXPECT_EQ(code(p.on_line("EHLO x")), "250");
+        EXPECT_EQ(code(p.on_line("MAIL FROM:<a@b.c>")), "250");
+        EXPECT_EQ(code(p.on_line("RCPT TO:<d@e.f>")), "250");
+    }
+    EXPECT_EQ(code(p.on_line("NOOP")), "250");
+    EXPECT_EQ(code(p.on_line("NOOP")), "250");
+    EXPECT_EQ(code(p.on_line("NOOP")), "421");
+}
+
+TEST(ProtocolJunk, JunkWithBadSyntaxCountsToo) {
+    Protocol p = with_junk_limit(2);
+    EXPECT_EQ(code(p.on_line("RSET now")), "501");
+    EXPECT_EQ(code(p.on_line("VRFY")), "501");
+    EXPECT_EQ(p.on_line("NOOP").action, Action::close);
+}
+
+TEST(ProtocolJunk, AnAcceptedMessageForgivesTheJunkSoFar) {
+    Protocol p = with_junk_limit(2);
+    auto transaction = [&p](DataOutcome outcome) {
+        EXPECT_EQ(code(p.on_line("MAIL FROM:<a@b.c>")), "250");
+        EXPECT_EQ(code(p.on_line("RCPT TO:<d@e.f>")), "250");
+        EXPECT_EQ(code(p.on_line("DATA")), "354");
+        p.on_data_end(outcome, "id");
+    };
+    p.on_line("EHLO x");
+    EXPECT_EQ(code(p.on_line("RSET")), "250");
+    EXPECT_EQ(code(p.on_line("RSET")), "250");
+    transaction(DataOutcome::queued);  // as Postfix: a delivered message resets the count
+    EXPECT_EQ(code(p.on_line("RSET")), "250");
+    EXPECT_EQ(code(p.on_line("RSET")), "250");
+    transaction(DataOutcome::discarded);  // answered 250 too
+    EXPECT_EQ(code(p.on_line("NOOP")), "250");
+    transaction(DataOutcome::too_big);  // a refused message does not
+    EXPECT_EQ(code(p.on_line("NOOP")), "250");
+    EXPECT_EQ(code(p.on_line("NOOP")), "421");
+}
+
+TEST(ProtocolJunk, SurvivesStartTls) {
+    auto s = settings();
+    s.max_junk_commands = 1;
+    s.tls_available = true;
+    Protocol p(s);
+    p.on_line("EHLO x");
+    EXPECT_EQ(code(p.on_line("NOOP")), "250");
+    ASSERT_EQ(p.on_line("STARTTLS").action, Action::start_tls);
+    p.on_tls_started();
+    EXPECT_EQ(code(p.on_line("NOOP")), "421");
+}
+
+// --- the checks at the end of DATA ----------------------------------------------------
+
+ProtocolSettings bounds() {
+    ProtocolSettings s;
+    s.max_message_bytes = 1000;
+    s.max_header_bytes = 500;
+    s.max_header_lines = 10;
+    s.max_received_headers = 3;
+    return s;
+}
+
+MessageFacts fine() {
+    MessageFacts f;
+    f.size = 1000;
+    f.header_bytes = 500;
+    f.header_lines = 10;
+    f.received_headers = 3;
+    return f;
+}
+
+TEST(CheckMessage, EveryBoundIsInclusive) { EXPECT_EQ(check_message(fine(), bounds()), std::nullopt); }
+
+TEST(CheckMessage, EachBoundPastItsLimit) {
+    auto f = fine();
+    f.size = 1001;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::too_big);
+    f = fine();
+    f.header_bytes = 501;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::headers_too_big);
+    f = fine();
+    f.header_lines = 11;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::headers_too_big);
+    f = fine();
+    f.store_failed = true;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::local_error);
+    f = fine();
+    f.bare_lf_refused = true;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::bare_lf);
+    f = fine();
+    f.received_headers = 4;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::loop);
+}
+
+TEST(CheckMessage, TheFirstCheckThatFailsIsAnswered) {
+    MessageFacts f;
+    f.size = 5000;
+    f.header_bytes = 5000;
+    f.header_lines = 100;
+    f.received_headers = 100;
+    f.bare_lf_refused = true;
+    f.store_failed = true;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::too_big);
+    f.size = 0;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::headers_too_big);
+    f.header_bytes = f.header_lines = 0;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::local_error);
+    f.store_failed = false;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::bare_lf);
+    f.bare_lf_refused = false;
+    EXPECT_EQ(check_message(f, bounds()), DataOutcome::loop);
+}
+
+// --- control bytes in addresses -------------------------------------------------------
+
+TEST(PathArgument, QuotedPairsAreBackslashAndPrintableAsciiOnly) {
+    using namespace std::string_literals;
+    // Accepted: escaped printable ASCII, and 8-bit bytes as they are (SMTPUTF8).
+    EXPECT_TRUE(parse_path_argument("<\"a\\\"b\"@example.com>").ok);
+    EXPECT_TRUE(parse_path_argument("<\"a\\\\b\"@example.com>").ok);
+    EXPECT_TRUE(parse_path_argument("<\"a\\ b\"@example.com>").ok);
+    EXPECT_TRUE(parse_path_argument("<\"a\\~b\"@example.com>").ok);
+    EXPECT_TRUE(parse_path_argument("<\"caf\xc3\xa9\"@example.com>").ok);
+    EXPECT_TRUE(parse_path_argument("<caf\xc3\xa9@example.com>").ok);
+    // Refused: an escaped control byte, DEL or 8-bit byte, and a backslash with nothing to escape.
+    for (const std::string& bad : {"<\"a\\\0b\"@example.com>"s, "<\"a\\\rb\"@example.com>"s,
+                                  "<\"a\\\nb\"@example.com>"s, "<\"a\\\x1b[31mb\"@example.com>"s,
+                                  "<\"a\\\tb\"@example.com>"s, "<\"a\\\x7f\"@example.com>"s,
+                                  "<\"a\\\xc3\xa9\"@example.com>"s, "<\"a\\\"@example.com>"s, "<\"a\\>"s}) {
+        EXPECT_FALSE(parse_path_argument(bad).ok) << testing::PrintToString(bad);
+    }
+    // Unescaped control bytes were refused before and still are, quoted or not.
+    EXPECT_FALSE(parse_path_argument("<\"a\x01" "b\"@example.com>").ok);
+    EXPECT_FALSE(parse_path_argument("<a\x1b" "b@example.com>").ok);
+}
+
+TEST_F(ProtocolTest, EscapedControlBytesInRcptAndMailAre501) {
+    using namespace std::string_literals;
+    EXPECT_EQ(say("EHLO x"), "250");
+    EXPECT_EQ(say("MAIL FROM:<\"a\\\0b\"@example.com>"s), "501");
+    EXPECT_EQ(say("MAIL FROM:<a@example.com>"), "250");
+    EXPECT_EQ(say("RCPT TO:<\"a\\\0b\"@example.com>"s), "501");
+    EXPECT_EQ(say("RCPT TO:<\"a\\\rb\"@example.com>"s), "501");
+    EXPECT_EQ(say("RCPT TO:<\"a\\\x1b" "b\"@example.com>"s), "501");
+    EXPECT_EQ(say("RCPT TO:<\"a\\\"b\"@example.com>"), "250");
+    EXPECT_EQ(p.envelope().recipients, (std::vector<std::string>{"\"a\\\"b\"@example.com"}));
 }
 
 TEST(PathArgument, Parses) {

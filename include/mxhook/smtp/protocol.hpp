@@ -5,6 +5,8 @@
 // owns the I/O and tells the machine how DATA ended.
 
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,6 +20,7 @@ struct ProtocolSettings {
     bool accept_all_recipients = true;
     std::vector<std::string> accepted_domains;  // lower-case
     std::size_t max_errors = 20;                // hard error limit: 421 and close
+    std::size_t max_junk_commands = 100;        // NOOP, RSET, VRFY, HELP between messages: then 421
     std::size_t max_received_headers = 100;     // more means a mail loop: 554 5.4.6
     std::size_t max_header_bytes = 1048576;     // header section bounds: 552 5.3.4
     std::size_t max_header_lines = 10000;
@@ -55,10 +58,27 @@ enum class DataOutcome {
     denied,          // the decision API said deny (text: the SMTP-safe reason)
     discarded,       // the decision API said silent_deny: answered as if queued
     decision_unavailable,  // the decision API could not be asked or gave no valid answer
+    timed_out,       // SMTP_MAX_SESSION_MS passed before the message could be answered: 421, close
 };
 
 // A short name for logs ("queued", "too-big", ...).
 const char* outcome_name(DataOutcome outcome);
+
+// What the session learnt about a message while it streamed in: counters only, never the
+// message. The input of the checks at the end of DATA.
+struct MessageFacts {
+    std::uint64_t size = 0;              // bytes of the client's message after dot-unstuffing
+    std::uint64_t header_bytes = 0;      // its header section, the empty line that ends it included
+    std::uint64_t header_lines = 0;      // lines of the header section, that empty line excluded
+    std::uint64_t received_headers = 0;  // Received: headers the client sent (ours not counted)
+    bool bare_lf_refused = false;        // a line ended in a bare LF and SMTP_BARE_LF=reject
+    bool store_failed = false;           // a write to the spool failed
+};
+
+// The checks at the end of DATA, before anything is asked or committed, in this order:
+// message size (552), header section bounds (552), the spool (451), bare LF (550), mail
+// loop (554). nullopt when the message may go on to the decision and the commit.
+std::optional<DataOutcome> check_message(const MessageFacts& facts, const ProtocolSettings& settings);
 
 class Protocol {
 public:
@@ -70,7 +90,8 @@ public:
     // The command line was longer than the limit; the session discarded it.
     Step on_line_too_long();
     // Ends the DATA phase started by Action::start_data and resets the transaction.
-    // `text` is the id for queued/discarded and the reason shown for denied.
+    // `text` is the id for queued/discarded and the reason shown for denied. A message
+    // answered 250 (queued or discarded) also resets the junk command count.
     Step on_data_end(DataOutcome outcome, std::string_view text = {});
     // The TLS handshake succeeded: everything known about the client is forgotten and a
     // new EHLO is required (RFC 3207 4.2).
@@ -89,6 +110,9 @@ private:
     enum class State { need_helo, ready, mail, rcpt, data };
 
     Step error(std::string reply);
+    // NOOP, RSET, VRFY and HELP: counted, as Postfix's smtpd_junk_command_limit; nullopt
+    // while within the limit, else the 421 that closes the session.
+    std::optional<Step> junk();
     Step on_helo(std::string_view arg, bool extended);
     Step on_mail(std::string_view arg);
     Step on_rcpt(std::string_view arg);
@@ -103,6 +127,7 @@ private:
     bool tls_active_ = false;
     Envelope envelope_;
     std::size_t errors_ = 0;
+    std::size_t junk_ = 0;  // junk commands since the session began or the last accepted message
 };
 
 // Parses "<path> [params]" after "FROM:" / "TO:". Exposed for tests.

@@ -1,7 +1,14 @@
 #pragma once
 // One SMTP connection: owns the socket, runs the protocol state machine, streams DATA
 // through the decoder into the spool, and commits before it answers 250. Straight-line
-// coroutine code; a watchdog timer enforces SMTP_TIMEOUT_MS on every read and write.
+// coroutine code; a watchdog timer enforces SMTP_TIMEOUT_MS on every read and write and
+// SMTP_MAX_SESSION_MS on the whole session, whatever it is doing.
+//
+// Memory: a session holds its 16 KiB read buffer and, while DATA streams, at most one
+// piece of decoded bytes waiting to be written (flushed at 64 KiB, and from 4 KiB on
+// before every wait for the client, so a stalled client holds less than that). The header
+// section is never held while it streams, only counted (mail::HeaderScanner); it is read
+// back from the spool after the end of data.
 
 #include "mxhook/config.hpp"
 #include "mxhook/decision/client.hpp"
@@ -55,19 +62,55 @@ private:
     boost::asio::awaitable<void> watchdog();
     boost::asio::awaitable<bool> read_more();
     boost::asio::awaitable<void> flush();
-    // Runs the DATA phase after the DATA command was accepted (reply354 is its 354).
-    // Returns the final reply, or nullopt when the connection was lost.
+    // Runs the DATA phase after the DATA command was accepted (reply354 is its 354):
+    // create, 354, pump, checks, decide, commit. Returns the final reply, or nullopt when
+    // the connection was lost.
     boost::asio::awaitable<std::optional<Step>> receive_message(const std::string& reply354);
-    boost::asio::awaitable<void> discard(spool::TmpItem& item);
+
+    // --- the steps of receive_message ---
+    struct Incoming;  // one message being received
+    using Refusal = std::pair<DataOutcome, std::string>;  // outcome, and the text for the reply
+    // tmp/<id>/ with an empty message.eml; nullopt when the spool refused.
+    boost::asio::awaitable<std::optional<spool::TmpItem>> create_item(const std::string& id);
+    // Writes the 354 and gives the reverse-DNS lookup the rest of its bound; false when the
+    // client went away or the session's time ran out meanwhile.
+    boost::asio::awaitable<bool> begin_data(const std::string& reply354);
+    // Our Received: header for the message, which goes first in message.eml.
+    std::string trace_header(Incoming& in);
+    // Streams the client's message into message.eml behind our trace header. nullopt when
+    // the connection was lost or timed out (the client has been told what it can be told).
+    boost::asio::awaitable<std::optional<MessageFacts>> pump(spool::TmpItem& item, Incoming& in);
+    // Appends bytes to message.eml on the pool; false (logged) when the write failed.
+    boost::asio::awaitable<bool> store(spool::TmpItem& item, const std::string& bytes);
+    // meta.json's content; the header section is read back from message.eml on the pool.
+    boost::asio::awaitable<std::optional<spool::Meta>> build_meta(const spool::TmpItem& item, const Incoming& in);
     // Asks the decision API (when enabled); nullopt means allow, else the outcome to answer.
-    boost::asio::awaitable<std::optional<std::pair<DataOutcome, std::string>>> ask_decision(
-        const spool::TmpItem& item, const spool::Meta& meta);
+    // Abandoned when SMTP_MAX_SESSION_MS passes first (DataOutcome::timed_out).
+    boost::asio::awaitable<std::optional<Refusal>> ask_decision(const spool::TmpItem& item,
+                                                                const spool::Meta& meta);
+    // Commits and answers. A commit cannot be abandoned: when SMTP_MAX_SESSION_MS passed
+    // while it ran, the message's own answer (250, or 451) comes first, then the 421.
+    boost::asio::awaitable<Step> commit_and_answer(spool::TmpItem& item, const Incoming& in,
+                                                   const spool::Meta& meta);
     // Commits the item: one spool item, or one per recipient in "each" mode. Returns the ids.
     boost::asio::awaitable<std::vector<std::string>> commit(spool::TmpItem& item, const spool::Meta& meta);
+    boost::asio::awaitable<void> discard(spool::TmpItem& item);
+    // Logs the transaction's line and ends the DATA phase in the protocol.
+    Step finish(const Incoming& in, DataOutcome outcome, const std::string& detail = {});
+
     boost::asio::awaitable<void> close_with(std::string_view reply);
     // Runs the handshake after "220 Ready to start TLS"; false when it failed.
     boost::asio::awaitable<bool> start_tls();
+    // Starts SMTP_TIMEOUT_MS for the read or write about to begin (not once time is up).
     void arm_deadline();
+    // The session's time is up (a read or write took too long, or SMTP_MAX_SESSION_MS
+    // passed): nothing more is read, and only the final reply may still be written, within
+    // a short bound.
+    void expire();
+    // SMTP_MAX_SESSION_MS has passed, or the session already timed out.
+    bool out_of_time() const;
+    // The client has nothing more for us right now (the kernel holds no unread bytes).
+    bool client_idle();
     void lookup_client_host();
     std::size_t available() const { return rlen_ - rpos_; }
 
@@ -76,6 +119,7 @@ private:
     Protocol protocol_;
     boost::asio::steady_timer watchdog_timer_;
     std::chrono::steady_clock::time_point deadline_;          // of the read or write under way
+    bool io_pending_ = false;                                 // a read or write is under way
     std::chrono::steady_clock::time_point session_deadline_;  // SMTP_MAX_SESSION_MS from the start
     std::shared_ptr<boost::asio::ssl::context> tls_context_;  // kept alive while tls_ uses it
     std::unique_ptr<boost::asio::ssl::stream<boost::asio::ip::tcp::socket&>> tls_;
@@ -85,7 +129,7 @@ private:
     boost::asio::steady_timer host_lookup_timer_;  // expires at the lookup's bound; cancelled on its answer
     bool host_lookup_done_ = false;
     std::string out_;                      // replies not yet written
-    std::array<char, 65536> rbuf_{};       // bytes read, [rpos_, rlen_) not yet consumed
+    std::array<char, 16384> rbuf_{};       // bytes read, [rpos_, rlen_) not yet consumed
     std::size_t rpos_ = 0;
     std::size_t rlen_ = 0;
     bool shutting_down_ = false;

@@ -165,4 +165,14 @@ long long iso_ms(const std::string& text) {
     return ms;
 }
 
+long proc_status_kib(int pid, std::string_view field) {
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    const std::string prefix = std::string(field) + ":";
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.rfind(prefix, 0) == 0) return std::stol(line.substr(prefix.size()));
+    }
+    return -1;
+}
+
 }  // namespace itest

@@ -45,6 +45,20 @@ unsigned short free_port();
 // `timeout`; -1 with error set when it cannot be made.
 int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std::string& error);
 
+// A field of /proc/<pid>/status in KiB ("VmRSS", "VmHWM"); -1 when it cannot be read.
+long proc_status_kib(int pid, std::string_view field);
+
+// MXHOOK_TEST_ASAN: this test binary (and, in scripts/test, the daemon) is built with
+// AddressSanitizer, whose shadow memory makes resident sizes meaningless.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MXHOOK_TEST_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define MXHOOK_TEST_ASAN 1
+#endif
+
 // Mode bits (permissions only) of a path, e.g. 0700.
 unsigned permissions_of(const fs::path& path);
 
