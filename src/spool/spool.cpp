@@ -187,9 +187,10 @@ bool is_directory_entry(DIR* dir, const dirent& entry) {
     return ::fstatat(::dirfd(dir), entry.d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
 }
 
-enum class Entries { all, item_dirs };
+enum class Entries { all, item_dirs, not_item_dirs };
 
-// Names in a directory, without "." and "..". item_dirs: only directories not starting with '.'.
+// Names in a directory, without "." and "..". item_dirs: only directories not starting with
+// '.'; not_item_dirs: everything else (files, dotfiles, links).
 std::vector<std::string> list_dir(const fs::path& path, Entries which) {
     std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(path.c_str()), &::closedir);
     if (!dir) throw_errno("open directory", path);
@@ -200,8 +201,9 @@ std::vector<std::string> list_dir(const fs::path& path, Entries which) {
         if (entry == nullptr) break;
         const std::string_view name = entry->d_name;
         if (name == "." || name == "..") continue;
-        if (which == Entries::item_dirs && (name.front() == '.' || !is_directory_entry(dir.get(), *entry))) {
-            continue;
+        if (which != Entries::all) {
+            const bool item = name.front() != '.' && is_directory_entry(dir.get(), *entry);
+            if (item != (which == Entries::item_dirs)) continue;
         }
         names.emplace_back(name);
     }
@@ -667,12 +669,7 @@ void Spool::set_aside_duplicate(const std::string& id) const {
 }
 
 std::vector<std::string> Spool::list_pending_strays() const {
-    std::vector<std::string> all = list_dir(layout_.pending, Entries::all);
-    const std::vector<std::string> items = list_dir(layout_.pending, Entries::item_dirs);
-    std::erase_if(all, [&items](const std::string& name) {
-        return std::find(items.begin(), items.end(), name) != items.end();
-    });
-    return all;
+    return list_dir(layout_.pending, Entries::not_item_dirs);
 }
 
 void Spool::remove(const std::string& id) const {

@@ -559,6 +559,10 @@ TEST_F(SpoolTest, ListPendingReturnsOnlyItemDirectories) {
 
     const auto ids = spool().list_pending();
     EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()), (std::set<std::string>{a, b}));
+    // The rest, for the log.
+    const auto strays = spool().list_pending_strays();
+    EXPECT_EQ(std::set<std::string>(strays.begin(), strays.end()),
+              (std::set<std::string>{"a-file", ".hidden", "link"}));
 }
 
 TEST_F(SpoolTest, ClaimMovesToProcessing) {
