@@ -354,14 +354,12 @@ Step Session::finish(const Incoming& in, DataOutcome outcome, const std::string&
 
 awaitable<std::optional<spool::TmpItem>> Session::create_item(const std::string& id) {
     auto& spool = context_.spool;
-    co_return co_await run_blocking(context_.pool, [&spool, &id]() -> std::optional<spool::TmpItem> {
-        try {
-            return spool.create(id);
-        } catch (const std::exception& e) {
-            spdlog::error("spool: cannot create {}: {}", id, e.what());
-            return std::nullopt;
-        }
-    });
+    auto created = co_await try_blocking(context_.pool, [&spool, &id] { return spool.create(id); });
+    if (!created) {
+        spdlog::error("spool: cannot create {}: {}", id, created.failure().message);
+        co_return std::nullopt;
+    }
+    co_return std::move(*created);
 }
 
 awaitable<bool> Session::begin_data(const std::string& reply354) {
@@ -452,15 +450,9 @@ awaitable<std::optional<MessageFacts>> Session::pump(spool::TmpItem& item, Incom
 
 awaitable<bool> Session::store(spool::TmpItem& item, const std::string& bytes) {
     auto& spool = context_.spool;
-    co_return co_await run_blocking(context_.pool, [&spool, &item, &bytes] {
-        try {
-            spool.append(item, bytes);
-            return true;
-        } catch (const std::exception& e) {
-            spdlog::error("spool: write of {} failed: {}", item.id(), e.what());
-            return false;
-        }
-    });
+    const auto written = co_await try_blocking(context_.pool, [&spool, &item, &bytes] { spool.append(item, bytes); });
+    if (!written) spdlog::error("spool: write of {} failed: {}", item.id(), written.failure().message);
+    co_return written.ok();
 }
 
 awaitable<std::optional<spool::Meta>> Session::build_meta(const spool::TmpItem& item, const Incoming& in) {
@@ -468,15 +460,16 @@ awaitable<std::optional<spool::Meta>> Session::build_meta(const spool::TmpItem& 
     // the checks have bounded to max_header_bytes.
     const auto path = item.dir() / "message.eml";
     const std::size_t limit = in.trace_bytes + context_.protocol.max_header_bytes;
-    auto headers = co_await run_blocking(context_.pool, [&path, limit]() -> std::optional<mail::Headers> {
+    auto headers = co_await try_blocking(context_.pool, [&path, limit] {
         std::ifstream file(path, std::ios::binary);
-        if (!file) {
-            spdlog::error("spool: cannot read the header section back from {}", path.string());
-            return std::nullopt;
-        }
+        if (!file) throw std::system_error(errno, std::generic_category(), "cannot open the file");
         return mail::read_headers(file, limit);
     });
-    if (!headers) co_return std::nullopt;
+    if (!headers) {
+        spdlog::error("spool: cannot read the header section back from {}: {}", path.string(),
+                      headers.failure().message);
+        co_return std::nullopt;
+    }
 
     spool::Meta meta;
     meta.id = in.id;
@@ -491,12 +484,7 @@ awaitable<std::optional<spool::Meta>> Session::build_meta(const spool::TmpItem& 
 }
 
 awaitable<Step> Session::commit_and_answer(spool::TmpItem& item, const Incoming& in, const spool::Meta& meta) {
-    std::vector<std::string> ids;
-    try {
-        ids = co_await commit(item, meta);
-    } catch (const std::exception& e) {
-        spdlog::error("spool: commit of {} failed: {}", in.id, e.what());
-    }
+    const std::vector<std::string> ids = co_await commit(item, meta);
     if (ids.empty()) co_await discard(item);
     if (context_.on_queued) {
         for (const auto& queued : ids) context_.on_queued(queued);
@@ -518,27 +506,25 @@ awaitable<Step> Session::commit_and_answer(spool::TmpItem& item, const Incoming&
 
 awaitable<void> Session::discard(spool::TmpItem& item) {
     auto& spool = context_.spool;
-    co_await run_blocking(context_.pool, [&spool, &item] { spool.discard(item); });
+    const auto discarded = co_await try_blocking(context_.pool, [&spool, &item] { spool.discard(item); });
+    // What is left is never acknowledged; the next start clears tmp/.
+    if (!discarded) spdlog::error("spool: cannot discard {}: {}", item.id(), discarded.failure().message);
 }
 
 awaitable<std::optional<Session::Refusal>> Session::ask_decision(const spool::TmpItem& item,
                                                                  const spool::Meta& meta) {
-    using Result = std::optional<Refusal>;
+    using Answer = std::optional<Refusal>;
     auto* client = context_.decision;
-    if (client == nullptr || !client->enabled()) co_return Result{};
+    if (client == nullptr || !client->enabled()) co_return Answer{};
 
     std::string raw_mime;
     if (client->mode() == DecisionMode::full) {
         const auto path = item.dir() / "message.eml";
-        auto read = co_await run_blocking(context_.pool, [&path, &meta]() -> std::optional<std::string> {
-            try {
-                return spool::read_message(path);
-            } catch (const std::exception& e) {
-                spdlog::error("spool: cannot read {} for the decision API: {}", meta.id, e.what());
-                return std::nullopt;
-            }
-        });
-        if (!read) co_return Result{{DataOutcome::local_error, std::string()}};
+        auto read = co_await try_blocking(context_.pool, [&path] { return spool::read_message(path); });
+        if (!read) {
+            spdlog::error("spool: cannot read {} for the decision API: {}", meta.id, read.failure().message);
+            co_return Answer{{DataOutcome::local_error, std::string()}};
+        }
         raw_mime = std::move(*read);
     }
     // The decision API may take longer than the session may last: the session bound wins,
@@ -547,7 +533,7 @@ awaitable<std::optional<Session::Refusal>> Session::ask_decision(const spool::Tm
     const auto abandoned = [this, &meta] {
         spdlog::info("decision id={} abandoned: SMTP_MAX_SESSION_MS passed first", meta.id);
         expire();
-        return Result{{DataOutcome::timed_out, std::string()}};
+        return Answer{{DataOutcome::timed_out, std::string()}};
     };
     if (out_of_time()) co_return abandoned();
     asio::steady_timer session_bound(socket_.get_executor(), session_deadline_);
@@ -555,16 +541,16 @@ awaitable<std::optional<Session::Refusal>> Session::ask_decision(const spool::Tm
     if (raced.index() == 1) co_return abandoned();
     const decision::Decision answer = std::move(std::get<0>(raced));
     switch (answer.verdict) {
-        case decision::Verdict::allow: co_return Result{};
-        case decision::Verdict::deny: co_return Result{{DataOutcome::denied, decision::deny_text(answer)}};
+        case decision::Verdict::allow: co_return Answer{};
+        case decision::Verdict::deny: co_return Answer{{DataOutcome::denied, decision::deny_text(answer)}};
         case decision::Verdict::silent_deny:
             spdlog::info("decision id={} silent_deny reason=\"{}\" message=\"{}\"", meta.id, answer.reason,
                          answer.message);
-            co_return Result{{DataOutcome::discarded, std::string()}};
+            co_return Answer{{DataOutcome::discarded, std::string()}};
         case decision::Verdict::unavailable: break;
     }
     spdlog::warn("decision id={} unavailable: {}", meta.id, answer.reason);
-    co_return Result{{DataOutcome::decision_unavailable, answer.reason}};
+    co_return Answer{{DataOutcome::decision_unavailable, answer.reason}};
 }
 
 awaitable<std::vector<std::string>> Session::commit(spool::TmpItem& item, const spool::Meta& meta) {
@@ -576,7 +562,7 @@ awaitable<std::vector<std::string>> Session::commit(spool::TmpItem& item, const 
         for (std::size_t i = 1; i < meta.recipients.size(); ++i) ids.push_back(spool::new_id());
     }
     auto& spool = context_.spool;
-    co_await run_blocking(context_.pool, [&spool, &item, &meta, &ids] {
+    const auto committed = co_await try_blocking(context_.pool, [&spool, &item, &meta, &ids] {
         if (ids.size() == 1) {
             spool.commit(item, meta);
             return;
@@ -588,6 +574,10 @@ awaitable<std::vector<std::string>> Session::commit(spool::TmpItem& item, const 
             return one;
         });
     });
+    if (!committed) {
+        spdlog::error("spool: commit of {} failed: {}", meta.id, committed.failure().message);
+        co_return std::vector<std::string>{};
+    }
     co_return ids;
 }
 

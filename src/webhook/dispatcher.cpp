@@ -61,7 +61,8 @@ void Dispatcher::notify(const std::string& id) {
 
 void Dispatcher::enqueue(const std::string& id, Clock::time_point due) {
     if (stopping_ || !busy_.insert(id).second) return;
-    ready_.emplace(due, id);
+    // Ids carry milliseconds: messages acknowledged within one keep the order they came in.
+    ready_.emplace(due, enqueued_++, id);
     pump();
 }
 
@@ -83,7 +84,7 @@ void Dispatcher::pump() {
     }
     while (!stopping_ && in_flight_ < config_.webhook_concurrency && !ready_.empty()) {
         auto first = ready_.begin();
-        std::string id = std::move(first->second);
+        std::string id = std::move(std::get<2>(*first));
         ready_.erase(first);
         ++in_flight_;
         asio::co_spawn(io_, deliver(std::move(id)), asio::detached);
@@ -136,29 +137,29 @@ awaitable<void> Dispatcher::scan_loop() {
 
 
 awaitable<void> Dispatcher::scan_once() {
-    std::vector<std::string> ids;
-    std::vector<std::string> in_processing;
-    std::vector<std::string> strays;
-    try {
-        ids = co_await run_blocking(pool_, [this] { return spool_.list_pending(); });
-        in_processing = co_await run_blocking(pool_, [this] { return spool_.list_processing(); });
-        strays = co_await run_blocking(pool_, [this] { return spool_.list_pending_strays(); });
-    } catch (const std::exception& e) {
-        spdlog::error("dispatch: cannot scan the spool: {}", e.what());
+    struct Listing {
+        std::vector<std::string> pending, processing, strays;
+    };
+    // One hand-off for the whole listing.
+    auto listed = co_await try_blocking(pool_, [this] {
+        return Listing{spool_.list_pending(), spool_.list_processing(), spool_.list_pending_strays()};
+    });
+    if (!listed) {
+        spdlog::error("dispatch: cannot scan the spool: {}", listed.failure().message);
         co_return;
     }
     // Once per name (and never more than a bounded number of names): not ours, left alone.
-    for (const auto& name : strays) {
+    for (const auto& name : listed->strays) {
         if (reported_strays_.size() < kMaxReportedStrays && reported_strays_.insert(name).second) {
             spdlog::warn("dispatch: {} is not a spool item (a file, a dotfile or a link): left alone",
                          (spool_.layout().pending / name).string());
         }
     }
-    co_await sweep_processing(in_processing);
+    co_await sweep_processing(listed->processing);
 
     const auto now = Clock::now();
     std::unordered_map<std::string, Clock::time_point> still_waiting;
-    for (const auto& id : ids) {
+    for (const auto& id : listed->pending) {
         const auto known = not_before_.find(id);
         if (known != not_before_.end() && known->second > now) {
             still_waiting.insert(*known);
@@ -180,139 +181,146 @@ awaitable<void> Dispatcher::scan_once() {
 awaitable<void> Dispatcher::sweep_processing(const std::vector<std::string>& in_processing) {
     for (const auto& id : in_processing) {
         if (busy_.count(id) != 0 || stopping_) continue;
-        bool returned = false;
-        bool taken = false;
-        try {
-            co_await run_blocking(pool_, [this, &id] { spool_.unclaim(id); });
-            returned = true;
-        } catch (const std::system_error& e) {
-            // Gone since the listing: its delivery finished in between. Nothing to do.
-            taken = e.code() == std::errc::file_exists || e.code() == std::errc::directory_not_empty;
-            if (e.code() != std::errc::no_such_file_or_directory && !taken) {
-                spdlog::error("dispatch id={}: cannot move it back to pending: {}", id, e.what());
-            }
+        const auto moved = co_await try_blocking(pool_, [this, &id] { spool_.unclaim(id); });
+        if (moved) {
+            spdlog::warn("dispatch id={}: found unowned in processing/, moved back to pending/", id);
+            continue;
         }
-        if (returned) spdlog::warn("dispatch id={}: found unowned in processing/, moved back to pending/", id);
-        if (taken) co_await set_aside_duplicate(id);
+        const Failure& failure = moved.failure();
+        if (failure.is(std::errc::no_such_file_or_directory)) continue;  // its delivery finished meanwhile
+        if (failure.is(std::errc::file_exists) || failure.is(std::errc::directory_not_empty)) {
+            co_await set_aside_duplicate(id);
+            continue;
+        }
+        spdlog::error("dispatch id={}: cannot move it back to pending: {}", id, failure.message);
     }
 }
 
 // The same id in processing/ (unowned) and in pending/: keep the pending/ copy for delivery
 // and set the other aside in dead/, instead of failing to move either on every scan.
 awaitable<void> Dispatcher::set_aside_duplicate(const std::string& id) {
-    try {
-        co_await run_blocking(pool_, [this, &id] { spool_.set_aside_duplicate(id); });
+    const auto set_aside = co_await try_blocking(pool_, [this, &id] { spool_.set_aside_duplicate(id); });
+    if (set_aside) {
         spdlog::error("dispatch id={}: in processing/ and pending/ at once; one copy is set aside in dead/ "
                       "(see its error.txt), the other delivered",
                       id);
-    } catch (const std::exception& e) {
+    } else {
         spdlog::error("dispatch id={}: in processing/ and pending/ at once, and cannot set one aside: {}", id,
-                      e.what());
+                      set_aside.failure().message);
     }
 }
 
 awaitable<void> Dispatcher::deliver(std::string id) {
-    bool failed = false;
+    // Spool errors come back as values inside attempt(); this only guards against the
+    // unforeseen (an allocation failure in the payload), which must not end the dispatcher.
+    std::optional<Failure> unforeseen;
     try {
         co_await attempt(id);
     } catch (const std::exception& e) {
-        spdlog::error("dispatch id={}: {}", id, e.what());
-        failed = true;
+        unforeseen = failure_of(e);
     }
-    if (failed) {
-        // A spool error in the middle of an attempt: give the item back unchanged so it is
-        // tried again later (the scan sweeps processing/ if even this fails).
-        try {
-            co_await run_blocking(pool_, [this, &id] { spool_.unclaim(id); });
-        } catch (const std::exception&) {
-        }
-        not_before_[id] = Clock::now() + config_.retry_interval;
-    }
+    if (unforeseen) co_await give_back(id, *unforeseen);
     delivery_done(id);
+}
+
+// A spool step of an attempt failed after the claim: the item goes back to pending/
+// unchanged (no attempt counted) and is tried again after RETRY_INTERVAL_MS. When even
+// this fails, the retry scan sweeps it out of processing/ later.
+awaitable<void> Dispatcher::give_back(const std::string& id, const Failure& failure) {
+    spdlog::error("dispatch id={}: {}; trying again in {} ms", id, failure.message, config_.retry_interval.count());
+    const auto returned = co_await try_blocking(pool_, [this, &id] { spool_.unclaim(id); });
+    if (!returned && !returned.failure().is(std::errc::no_such_file_or_directory)) {
+        spdlog::error("dispatch id={}: cannot move it back to pending/ now ({}); the retry scan will", id,
+                      returned.failure().message);
+    }
+    not_before_[id] = Clock::now() + config_.retry_interval;
+}
+
+awaitable<bool> Dispatcher::dead_letter(const std::string& id, const spool::Meta* meta, const std::string& reason) {
+    const auto moved = co_await try_blocking(pool_, [this, &id, meta, &reason] { spool_.dead_letter(id, meta, reason); });
+    if (moved) co_return true;
+    co_await give_back(id, moved.failure());
+    co_return false;
 }
 
 namespace {
 
-// A file that is not there (or not parsable) will not get better by waiting; an I/O
+// A file that is not there, or not parsable, will not get better by waiting; an I/O
 // error, a lack of descriptors or memory may. Only the first kind dead-letters.
-bool permanent(const std::exception& e) {
-    if (const auto* system = dynamic_cast<const std::system_error*>(&e)) {
-        return system->code() == std::errc::no_such_file_or_directory;
-    }
-    return true;  // parse errors
+bool permanent(const Failure& failure) {
+    return failure.is(std::errc::no_such_file_or_directory) || failure.is(std::errc::bad_message);
 }
 
 }  // namespace
 
+// pending/<id> → processing/<id>. False when it is gone (delivered meanwhile, or taken by
+// an operator) or cannot be moved now (then it is tried again after RETRY_INTERVAL_MS).
+awaitable<bool> Dispatcher::claim(const std::string& id) {
+    const auto claimed = co_await try_blocking(pool_, [this, &id] { return spool_.claim(id); });
+    if (claimed) co_return *claimed;
+    spdlog::error("dispatch id={}: cannot claim it: {}", id, claimed.failure().message);
+    not_before_[id] = Clock::now() + config_.retry_interval;
+    co_return false;
+}
+
 awaitable<void> Dispatcher::attempt(const std::string& id) {
     const auto now = Clock::now();
-    spool::Meta meta;
-    std::string reason;
-    bool broken = false;
-    try {
-        meta = co_await run_blocking(pool_, [this, &id] { return spool_.read_pending_meta(id); });
-    } catch (const std::exception& e) {
-        reason = std::string("invalid metadata: ") + e.what();
-        broken = permanent(e);
-    }
-    if (!reason.empty() && !broken) {
-        spdlog::warn("dispatch id={}: cannot read meta.json now, will try again: {}", id, reason);
-        not_before_[id] = now + config_.retry_interval;
-        co_return;
-    }
-    if (broken) {
+    auto read = co_await try_blocking(pool_, [this, &id] { return spool_.read_pending_meta(id); });
+    if (!read) {
+        const std::string reason = "invalid metadata: " + read.failure().message;
+        if (!permanent(read.failure())) {
+            spdlog::warn("dispatch id={}: cannot read meta.json now, will try again: {}", id, reason);
+            not_before_[id] = now + config_.retry_interval;
+            co_return;
+        }
         // Claim first: when the item is simply gone there is nothing to dead-letter.
-        const bool claimed = co_await run_blocking(pool_, [this, &id] { return spool_.claim(id); });
-        if (!claimed) co_return;
-        co_await run_blocking(pool_, [this, &id, &reason] { spool_.dead_letter(id, nullptr, reason); });
-        spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
+        if (!co_await claim(id)) co_return;
+        if (co_await dead_letter(id, nullptr, reason)) spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
         co_return;
     }
+    spool::Meta& meta = *read;
     if (meta.next_attempt_at && *meta.next_attempt_at > now) {
         not_before_[id] = *meta.next_attempt_at;
         co_return;
     }
-    if (!co_await run_blocking(pool_, [this, &id] { return spool_.claim(id); })) co_return;
+    if (!co_await claim(id)) co_return;
 
     if (config_.max_retry_age.count() > 0 && now - meta.created_at > config_.max_retry_age) {
         meta.last_error = "max retry age exceeded";
-        co_await run_blocking(pool_, [this, &id, &meta] { spool_.dead_letter(id, &meta, ""); });
-        spdlog::warn("dispatch id={} dead-lettered: max retry age exceeded after {} attempts", id, meta.attempts);
+        if (co_await dead_letter(id, &meta, "")) {
+            spdlog::warn("dispatch id={} dead-lettered: max retry age exceeded after {} attempts", id,
+                         meta.attempts);
+        }
         co_return;
     }
 
     const std::string& url = route(config_, meta.recipients);
-    std::shared_ptr<FormBodySource> body;
     const Fields fields = payload_fields(meta, config_.webhook_signing_key, now);
     const auto path = spool_.processing_message(id);
     const asio::any_io_executor executor = io_.get_executor();
-    try {
-        // Captures are references only: g++ 12 mishandles non-trivial temporaries that
-        // live across a co_await (it destroys them twice).
-        body = co_await run_blocking(pool_, [this, &fields, &path, &executor] {
-            return FormBodySource::open(fields, config_.webhook_encoding, path, pool_, executor);
-        });
-    } catch (const std::exception& e) {
-        reason = std::string("cannot read message: ") + e.what();
-        broken = permanent(e);
-    }
-    if (broken) {
-        meta.last_error = reason;
-        co_await run_blocking(pool_, [this, &id, &meta, &reason] { spool_.dead_letter(id, &meta, reason); });
-        spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
-        co_return;
-    }
-
+    // Captures are references only: g++ 12 mishandles non-trivial temporaries that
+    // live across a co_await (it destroys them twice).
+    auto opened = co_await try_blocking(pool_, [this, &fields, &path, &executor] {
+        return FormBodySource::open(fields, config_.webhook_encoding, path, pool_, executor);
+    });
     http::Response response;
-    if (body) {
+    if (opened) {
         http::Request request;
         request.url = url;
         request.headers.push_back("X-Mxhook-Id: " + id);
-        request.content_type = body->content_type();
-        request.body = body;
+        request.content_type = opened.value()->content_type();
+        request.body = std::move(opened.value());
         request.timeout = config_.webhook_timeout;
         response = co_await client_.post(std::move(request));
     } else {
+        const std::string reason = "cannot read message: " + opened.failure().message;
+        if (permanent(opened.failure())) {
+            meta.last_error = reason;
+            if (co_await dead_letter(id, &meta, reason)) {
+                spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
+            }
+            co_return;
+        }
         response.error = reason;  // a passing read error: counts as a failed attempt
     }
 
@@ -320,24 +328,37 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
     Settlement settled = settle(response.status, response.error, std::move(meta), Clock::now(),
                                 {config_.retry_interval, config_.retry_max_interval});
     switch (settled.action) {
-        case Settle::remove:
-            co_await run_blocking(pool_, [this, &id] { spool_.remove(id); });
+        case Settle::remove: {
+            // Delivered: if the item cannot be removed it is delivered again later (at
+            // least once; the webhook drops the duplicate by X-Mxhook-Id).
+            const auto removed = co_await try_blocking(pool_, [this, &id] { spool_.remove(id); });
+            if (!removed) {
+                co_await give_back(id, removed.failure());
+                break;
+            }
             not_before_.erase(id);
             spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, url, status,
                          response.duration.count());
             break;
+        }
         case Settle::dead_letter:
-            co_await run_blocking(pool_, [this, &id, &settled] { spool_.dead_letter(id, &settled.meta, ""); });
-            spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, url, status,
-                         response.duration.count());
+            if (co_await dead_letter(id, &settled.meta, "")) {
+                spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, url, status,
+                             response.duration.count());
+            }
             break;
-        case Settle::release:
-            co_await run_blocking(pool_, [this, &id, &settled] { spool_.release(id, settled.meta); });
+        case Settle::release: {
+            const auto released = co_await try_blocking(pool_, [this, &id, &settled] { spool_.release(id, settled.meta); });
+            if (!released) {
+                co_await give_back(id, released.failure());
+                break;
+            }
             not_before_[id] = *settled.meta.next_attempt_at;
             spdlog::warn("delivery id={} url={} status={} ms={} outcome=retry attempts={} error=\"{}\" next={}", id,
                          url, status, response.duration.count(), settled.meta.attempts, *settled.meta.last_error,
                          spool::iso8601(*settled.meta.next_attempt_at));
             break;
+        }
     }
 }
 

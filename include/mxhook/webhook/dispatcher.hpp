@@ -9,6 +9,7 @@
 // mail starves the other.
 // Runs on the io_context thread; all disk work goes to the worker pool.
 
+#include "mxhook/blocking.hpp"
 #include "mxhook/config.hpp"
 #include "mxhook/http/client.hpp"
 #include "mxhook/spool/spool.hpp"
@@ -21,7 +22,10 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <optional>
 #include <string>
+#include <tuple>
+#include <cstdint>
 #include <unordered_map>
 #include <unordered_set>
 #include <set>
@@ -54,6 +58,11 @@ private:
     boost::asio::awaitable<void> attempt(const std::string& id);
     boost::asio::awaitable<void> sweep_processing(const std::vector<std::string>& in_processing);
     boost::asio::awaitable<void> set_aside_duplicate(const std::string& id);
+    boost::asio::awaitable<bool> claim(const std::string& id);
+    boost::asio::awaitable<void> give_back(const std::string& id, const Failure& failure);
+    // Moves a claimed item to dead/; false (and the item given back) when the spool fails.
+    boost::asio::awaitable<bool> dead_letter(const std::string& id, const spool::Meta* meta,
+                                             const std::string& reason);
     // Queues the item for a delivery slot, ordered by `due` (then by id).
     void enqueue(const std::string& id, std::chrono::system_clock::time_point due);
     void pump();
@@ -65,7 +74,9 @@ private:
     http::Client& client_;
     const Config& config_;
     boost::asio::steady_timer scan_timer_;
-    std::set<std::pair<std::chrono::system_clock::time_point, std::string>> ready_;  // waiting for a slot
+    // Waiting for a slot: by due time, then by order of enqueue().
+    std::set<std::tuple<std::chrono::system_clock::time_point, std::uint64_t, std::string>> ready_;
+    std::uint64_t enqueued_ = 0;
     std::deque<std::string> suspects_;              // isolate(): one at a time, before ready_
     bool isolating_ = false;                        // until the last suspect's attempt has ended
     static constexpr std::size_t kMaxReportedStrays = 1000;
