@@ -382,6 +382,9 @@ Config load_config(const EnvLookup& env) {
                                                   {"summary", DecisionMode::summary},
                                                   {"full", DecisionMode::full}});
 
+    c.spool_worker_threads = static_cast<std::size_t>(
+        reader.number("SPOOL_WORKER_THREADS", c.spool_worker_threads, /*allow_zero=*/false, 1024));
+
     c.retry_scan_interval = reader.millis("RETRY_SCAN_INTERVAL_MS", c.retry_scan_interval);
     c.retry_interval = reader.millis("RETRY_INTERVAL_MS", c.retry_interval);
     c.retry_max_interval = reader.millis("RETRY_MAX_INTERVAL_MS", c.retry_max_interval);

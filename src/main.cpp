@@ -27,9 +27,6 @@ namespace {
 
 using namespace mxhook;
 
-// Disk work (write, fsync, rename) is latency-bound, not CPU-bound: a few threads let
-// several sessions commit at once while the io_context thread keeps serving.
-constexpr std::size_t kWorkerThreads = 4;
 // PTR lookups run in parallel on their own threads (a dead PTR zone takes the resolver's
 // whole timeout); past this many waiting lookups a new client simply gets no name.
 constexpr std::size_t kReverseDnsThreads = 8;
@@ -103,7 +100,7 @@ int run(const Config& config) {
                       recovered.poisoned, config.max_interrupted_attempts);
     }
 
-    boost::asio::thread_pool pool(kWorkerThreads);
+    boost::asio::thread_pool pool(config.spool_worker_threads);
     http::Client client(io);
     webhook::Dispatcher dispatcher(io, pool, spool, client, config);
     dispatcher.isolate(recovered.suspects);

@@ -90,6 +90,10 @@ struct Config {
     std::string decision_token;                             // WEBHOOK_DECISION_TOKEN
     DecisionMode decision_mode = DecisionMode::minimal;     // WEBHOOK_DECISION_PAYLOAD_MODE
 
+    // Disk work: threads that write, fsync and rename spool files. Commits beyond this
+    // many wait for a thread; fsyncs that run together are batched by the filesystem.
+    std::size_t spool_worker_threads = 4;                   // SPOOL_WORKER_THREADS
+
     // Retries
     std::chrono::milliseconds retry_scan_interval{5000};     // RETRY_SCAN_INTERVAL_MS
     std::chrono::milliseconds retry_interval{30000};         // RETRY_INTERVAL_MS

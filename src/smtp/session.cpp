@@ -317,28 +317,28 @@ struct Session::Incoming {
 awaitable<std::optional<Step>> Session::receive_message(const std::string& reply354) {
     Incoming in;
     in.envelope = protocol_.envelope();
-    auto item = co_await create_item(in.id);
-    if (!item) co_return finish(in, DataOutcome::local_error);
-    if (!co_await begin_data(reply354)) {  // nothing may stay in tmp/
-        co_await discard(*item);
-        co_return std::nullopt;
-    }
-    const auto facts = co_await pump(*item, in);
+    if (!co_await begin_data(reply354)) co_return std::nullopt;  // nothing is on disk yet
+    Draft draft;
+    draft.id = in.id;
+    const auto facts = co_await pump(draft, in);
     if (!facts) co_return std::nullopt;
     if (const auto refused = check_message(*facts, context_.protocol)) {
-        co_await discard(*item);
+        co_await discard(draft);
         co_return finish(in, *refused);
     }
-    const auto meta = co_await build_meta(*item, in);
-    if (!meta) {
-        co_await discard(*item);
-        co_return finish(in, DataOutcome::local_error);
+    // Without a decision API the rest of the message, meta.json and the commit go to the
+    // pool in one hand-off; with one, the commit waits for its answer.
+    const bool deciding = context_.decision != nullptr && context_.decision->enabled();
+    auto written = co_await write_out(draft, in, /*commit_now=*/!deciding);
+    if (written && deciding) {
+        if (const auto refused = co_await ask_decision(*draft.item, written->meta)) {
+            co_await discard(draft);
+            co_return finish(in, refused->first, refused->second);
+        }
+        auto committed = co_await commit(draft, written->meta);
+        co_return co_await answer_commit(draft, in, committed);
     }
-    if (const auto refused = co_await ask_decision(*item, *meta)) {
-        co_await discard(*item);
-        co_return finish(in, refused->first, refused->second);
-    }
-    co_return co_await commit_and_answer(*item, in, *meta);
+    co_return co_await answer_commit(draft, in, written);
 }
 
 Step Session::finish(const Incoming& in, DataOutcome outcome, const std::string& detail) {
@@ -350,16 +350,6 @@ Step Session::finish(const Incoming& in, DataOutcome outcome, const std::string&
                  outcome_name(outcome), protocol_.tls_active() ? " tls=yes" : "", detail.empty() ? "" : " detail=",
                  detail, ms.count());
     return protocol_.on_data_end(outcome, outcome == DataOutcome::denied ? detail : in.id);
-}
-
-awaitable<std::optional<spool::TmpItem>> Session::create_item(const std::string& id) {
-    auto& spool = context_.spool;
-    auto created = co_await try_blocking(context_.pool, [&spool, &id] { return spool.create(id); });
-    if (!created) {
-        spdlog::error("spool: cannot create {}: {}", id, created.failure().message);
-        co_return std::nullopt;
-    }
-    co_return std::move(*created);
 }
 
 awaitable<bool> Session::begin_data(const std::string& reply354) {
@@ -395,8 +385,9 @@ std::string Session::trace_header(Incoming& in) {
     return mail::received_header(trace);
 }
 
-awaitable<std::optional<MessageFacts>> Session::pump(spool::TmpItem& item, Incoming& in) {
-    std::string pending = trace_header(in);  // decoded bytes not yet written
+awaitable<std::optional<MessageFacts>> Session::pump(Draft& draft, Incoming& in) {
+    std::string& pending = draft.held;  // decoded bytes not yet written
+    pending = trace_header(in);
     in.trace_bytes = pending.size();
     DataDecoder decoder;
     mail::HeaderScanner headers;  // the client's header section, counted and never kept
@@ -411,13 +402,13 @@ awaitable<std::optional<MessageFacts>> Session::pump(spool::TmpItem& item, Incom
             // round trip for every few bytes a slow client drips would cost more than they do).
             if (client_idle()) {
                 if (pending.size() >= kIdleFlushBytes) {
-                    if (storing()) store_failed = !co_await store(item, pending);
+                    if (storing()) store_failed = !co_await store(draft);
                     pending.clear();
                 }
                 pending.shrink_to_fit();
             }
             if (!co_await read_more()) {
-                co_await discard(item);
+                co_await discard(draft);
                 if (timed_out_) co_await close_with(Protocol::timeout_reply());
                 spdlog::info("smtp client={} id={} connection lost during DATA after {} bytes", client_ip_, in.id,
                              in.size);
@@ -432,10 +423,11 @@ awaitable<std::optional<MessageFacts>> Session::pump(spool::TmpItem& item, Incom
         headers.feed(fresh);
         if (!storing()) {
             pending.clear();
-        } else if (pending.size() >= kFlushBytes || result.finished) {
-            store_failed = !co_await store(item, pending);
+        } else if (pending.size() >= kFlushBytes && !result.finished) {
+            store_failed = !co_await store(draft);
             pending.clear();
         }
+        // At the end, what is held goes to disk with the commit (write_out).
         if (result.finished) break;
     }
     MessageFacts facts;
@@ -448,44 +440,99 @@ awaitable<std::optional<MessageFacts>> Session::pump(spool::TmpItem& item, Incom
     co_return facts;
 }
 
-awaitable<bool> Session::store(spool::TmpItem& item, const std::string& bytes) {
+namespace {
+
+// Blocking, on the pool. One spool item, or one per recipient in "each" mode: the first
+// keeps the message's id, the others get new ones. Their meta.json files are made one at
+// a time from one working copy, so memory does not grow with recipients x header size.
+std::vector<std::string> commit_item(spool::Spool& spool, spool::TmpItem& item, const spool::Meta& meta,
+                                     RecipientMode mode) {
+    std::vector<std::string> ids{meta.id};
+    if (mode != RecipientMode::each || meta.recipients.size() <= 1) {
+        spool.commit(item, meta);
+        return ids;
+    }
+    for (std::size_t i = 1; i < meta.recipients.size(); ++i) ids.push_back(spool::new_id());
+    spool::Meta one = meta;
+    spool.commit(item, ids.size(), [&one, &meta, &ids](std::size_t i) -> const spool::Meta& {
+        one.id = ids[i];
+        one.recipients = {meta.recipients[i]};
+        return one;
+    });
+    return ids;
+}
+
+}  // namespace
+
+awaitable<bool> Session::store(Draft& draft) {
     auto& spool = context_.spool;
-    const auto written = co_await try_blocking(context_.pool, [&spool, &item, &bytes] { spool.append(item, bytes); });
-    if (!written) spdlog::error("spool: write of {} failed: {}", item.id(), written.failure().message);
+    const auto written = co_await try_blocking(context_.pool, [&spool, &draft] {
+        if (!draft.item) draft.item = spool.create(draft.id);
+        spool.append(*draft.item, draft.held);
+    });
+    if (!written) spdlog::error("spool: write of {} failed: {}", draft.id, written.failure().message);
     co_return written.ok();
 }
 
-awaitable<std::optional<spool::Meta>> Session::build_meta(const spool::TmpItem& item, const Incoming& in) {
-    // The header section as stored: our trace header, then the client's section, which
-    // the checks have bounded to max_header_bytes.
-    const auto path = item.dir() / "message.eml";
-    const std::size_t limit = in.trace_bytes + context_.protocol.max_header_bytes;
-    auto headers = co_await try_blocking(context_.pool, [&path, limit] {
-        std::ifstream file(path, std::ios::binary);
-        if (!file) throw std::system_error(errno, std::generic_category(), "cannot open the file");
-        return mail::read_headers(file, limit);
-    });
-    if (!headers) {
-        spdlog::error("spool: cannot read the header section back from {}: {}", path.string(),
-                      headers.failure().message);
-        co_return std::nullopt;
-    }
+namespace {
 
+// A read-only stream over bytes in memory (std::ispanstream is C++23).
+class ViewBuffer : public std::streambuf {
+public:
+    explicit ViewBuffer(std::string_view bytes) {
+        char* begin = const_cast<char*>(bytes.data());  // never written: get area only
+        setg(begin, begin, begin + bytes.size());
+    }
+};
+
+}  // namespace
+
+awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incoming& in, bool commit_now) {
+    // The fields known on the io thread; the header section is added on the pool.
     spool::Meta meta;
     meta.id = in.id;
     meta.created_at = std::chrono::system_clock::now();
     meta.sender = in.envelope.sender;
     meta.recipients = in.envelope.recipients;
-    meta.from = mail::header_value(*headers, "From");
-    meta.subject = mail::header_value(*headers, "Subject");
-    meta.headers = std::move(*headers);
     meta.remote = {client_ip_, in.client_host, protocol_.helo()};
-    co_return meta;
+    // The header section as stored: our trace header, then the client's section, which
+    // the checks have bounded to max_header_bytes.
+    const std::size_t limit = in.trace_bytes + context_.protocol.max_header_bytes;
+    auto& spool = context_.spool;
+    const RecipientMode mode = context_.config.webhook_recipient_mode;
+    auto written = co_await try_blocking(context_.pool, [&spool, &draft, &meta, limit, mode, commit_now] {
+        // Never written out so far: the whole message is in memory, and so is its header
+        // section. Otherwise it is read back from the file (not kept while it streamed).
+        const bool in_memory = !draft.item;
+        if (!draft.item) draft.item = spool.create(draft.id);
+        if (!draft.held.empty()) spool.append(*draft.item, draft.held);
+        if (in_memory) {
+            ViewBuffer view(draft.held);
+            std::istream section(&view);
+            meta.headers = mail::read_headers(section, limit);
+        } else {
+            const auto path = draft.item->dir() / "message.eml";
+            std::ifstream file(path, std::ios::binary);
+            if (!file) throw std::system_error(errno, std::generic_category(), "cannot read back " + path.string());
+            meta.headers = mail::read_headers(file, limit);
+        }
+        meta.from = mail::header_value(meta.headers, "From");
+        meta.subject = mail::header_value(meta.headers, "Subject");
+        Written out{std::move(meta), {}};
+        if (commit_now) out.ids = commit_item(spool, *draft.item, out.meta, mode);
+        return out;
+    });
+    draft.held.clear();
+    draft.held.shrink_to_fit();
+    if (!written) spdlog::error("spool: cannot store {}: {}", in.id, written.failure().message);
+    co_return written;
 }
 
-awaitable<Step> Session::commit_and_answer(spool::TmpItem& item, const Incoming& in, const spool::Meta& meta) {
-    const std::vector<std::string> ids = co_await commit(item, meta);
-    if (ids.empty()) co_await discard(item);
+awaitable<Step> Session::answer_commit(Draft& draft, const Incoming& in, Result<Written>& written) {
+    // An empty list: the commit failed (logged) and nothing was acknowledged.
+    std::vector<std::string> ids;
+    if (written) ids = std::move(written->ids);
+    if (ids.empty()) co_await discard(draft);
     if (context_.on_queued) {
         for (const auto& queued : ids) context_.on_queued(queued);
     }
@@ -504,11 +551,13 @@ awaitable<Step> Session::commit_and_answer(spool::TmpItem& item, const Incoming&
     co_return step;
 }
 
-awaitable<void> Session::discard(spool::TmpItem& item) {
+awaitable<void> Session::discard(Draft& draft) {
+    draft.held.clear();
+    if (!draft.item) co_return;  // never written out: nothing on disk
     auto& spool = context_.spool;
-    const auto discarded = co_await try_blocking(context_.pool, [&spool, &item] { spool.discard(item); });
+    const auto discarded = co_await try_blocking(context_.pool, [&spool, &draft] { spool.discard(*draft.item); });
     // What is left is never acknowledged; the next start clears tmp/.
-    if (!discarded) spdlog::error("spool: cannot discard {}: {}", item.id(), discarded.failure().message);
+    if (!discarded) spdlog::error("spool: cannot discard {}: {}", draft.id, discarded.failure().message);
 }
 
 awaitable<std::optional<Session::Refusal>> Session::ask_decision(const spool::TmpItem& item,
@@ -553,32 +602,14 @@ awaitable<std::optional<Session::Refusal>> Session::ask_decision(const spool::Tm
     co_return Answer{{DataOutcome::decision_unavailable, answer.reason}};
 }
 
-awaitable<std::vector<std::string>> Session::commit(spool::TmpItem& item, const spool::Meta& meta) {
-    // One item per recipient in "each" mode: the first keeps the message's id, the others
-    // get new ones. Their meta.json files are made one at a time from one working copy, so
-    // memory does not grow with recipients x header size.
-    std::vector<std::string> ids{meta.id};
-    if (context_.config.webhook_recipient_mode == RecipientMode::each) {
-        for (std::size_t i = 1; i < meta.recipients.size(); ++i) ids.push_back(spool::new_id());
-    }
+awaitable<Result<Session::Written>> Session::commit(Draft& draft, const spool::Meta& meta) {
     auto& spool = context_.spool;
-    const auto committed = co_await try_blocking(context_.pool, [&spool, &item, &meta, &ids] {
-        if (ids.size() == 1) {
-            spool.commit(item, meta);
-            return;
-        }
-        spool::Meta one = meta;
-        spool.commit(item, ids.size(), [&one, &meta, &ids](std::size_t i) -> const spool::Meta& {
-            one.id = ids[i];
-            one.recipients = {meta.recipients[i]};
-            return one;
-        });
+    const RecipientMode mode = context_.config.webhook_recipient_mode;
+    auto committed = co_await try_blocking(context_.pool, [&spool, &draft, &meta, mode] {
+        return Written{spool::Meta(), commit_item(spool, *draft.item, meta, mode)};
     });
-    if (!committed) {
-        spdlog::error("spool: commit of {} failed: {}", meta.id, committed.failure().message);
-        co_return std::vector<std::string>{};
-    }
-    co_return ids;
+    if (!committed) spdlog::error("spool: commit of {} failed: {}", meta.id, committed.failure().message);
+    co_return committed;
 }
 
 }  // namespace mxhook::smtp

@@ -253,75 +253,103 @@ bool permanent(const Failure& failure) {
 
 }  // namespace
 
-// pending/<id> → processing/<id>. False when it is gone (delivered meanwhile, or taken by
-// an operator) or cannot be moved now (then it is tried again after RETRY_INTERVAL_MS).
-awaitable<bool> Dispatcher::claim(const std::string& id) {
-    const auto claimed = co_await try_blocking(pool_, [this, &id] { return spool_.claim(id); });
-    if (claimed) co_return *claimed;
-    spdlog::error("dispatch id={}: cannot claim it: {}", id, claimed.failure().message);
-    not_before_[id] = Clock::now() + config_.retry_interval;
-    co_return false;
+// Blocking, on the pool: everything an attempt needs before its POST, in one hand-off
+// (read meta.json, claim the item, open the body). Failures are states, decided here once.
+Dispatcher::Prepared Dispatcher::prepare(const std::string& id, Clock::time_point now,
+                                         const asio::any_io_executor& executor) const {
+    Prepared out;
+    const auto claim = [&] {
+        try {
+            if (spool_.claim(id)) return true;
+            out.step = Prepared::gone;
+        } catch (const std::exception& e) {
+            out.step = Prepared::claim_failed;
+            out.failure = failure_of(e);
+        }
+        return false;
+    };
+    try {
+        out.meta = spool_.read_pending_meta(id);
+    } catch (const std::exception& e) {
+        out.failure = failure_of(e);
+        out.step = Prepared::meta_later;
+        // Claim first: when the item is simply gone there is nothing to dead-letter.
+        if (permanent(out.failure) && claim()) out.step = Prepared::meta_broken;
+        return out;
+    }
+    if (out.meta.next_attempt_at && *out.meta.next_attempt_at > now) {
+        out.step = Prepared::not_due;
+        return out;
+    }
+    if (!claim()) return out;
+    if (config_.max_retry_age.count() > 0 && now - out.meta.created_at > config_.max_retry_age) {
+        out.step = Prepared::too_old;
+        return out;
+    }
+    try {
+        out.body = FormBodySource::open(payload_fields(out.meta, config_.webhook_signing_key, now),
+                                        config_.webhook_encoding, spool_.processing_message(id), pool_, executor);
+        out.step = Prepared::ready;
+    } catch (const std::exception& e) {
+        out.failure = failure_of(e);
+        out.step = permanent(out.failure) ? Prepared::message_broken : Prepared::message_later;
+    }
+    return out;
 }
 
 awaitable<void> Dispatcher::attempt(const std::string& id) {
     const auto now = Clock::now();
-    auto read = co_await try_blocking(pool_, [this, &id] { return spool_.read_pending_meta(id); });
-    if (!read) {
-        const std::string reason = "invalid metadata: " + read.failure().message;
-        if (!permanent(read.failure())) {
-            spdlog::warn("dispatch id={}: cannot read meta.json now, will try again: {}", id, reason);
-            not_before_[id] = now + config_.retry_interval;
-            co_return;
-        }
-        // Claim first: when the item is simply gone there is nothing to dead-letter.
-        if (!co_await claim(id)) co_return;
-        if (co_await dead_letter(id, nullptr, reason)) spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
-        co_return;
-    }
-    spool::Meta& meta = *read;
-    if (meta.next_attempt_at && *meta.next_attempt_at > now) {
-        not_before_[id] = *meta.next_attempt_at;
-        co_return;
-    }
-    if (!co_await claim(id)) co_return;
-
-    if (config_.max_retry_age.count() > 0 && now - meta.created_at > config_.max_retry_age) {
-        meta.last_error = "max retry age exceeded";
-        if (co_await dead_letter(id, &meta, "")) {
-            spdlog::warn("dispatch id={} dead-lettered: max retry age exceeded after {} attempts", id,
-                         meta.attempts);
-        }
-        co_return;
-    }
-
-    const std::string& url = route(config_, meta.recipients);
-    const Fields fields = payload_fields(meta, config_.webhook_signing_key, now);
-    const auto path = spool_.processing_message(id);
     const asio::any_io_executor executor = io_.get_executor();
     // Captures are references only: g++ 12 mishandles non-trivial temporaries that
     // live across a co_await (it destroys them twice).
-    auto opened = co_await try_blocking(pool_, [this, &fields, &path, &executor] {
-        return FormBodySource::open(fields, config_.webhook_encoding, path, pool_, executor);
-    });
+    auto prepared = co_await run_blocking(pool_, [this, &id, now, &executor] { return prepare(id, now, executor); });
+    spool::Meta& meta = prepared.meta;
     http::Response response;
-    if (opened) {
+    switch (prepared.step) {
+        case Prepared::gone: co_return;  // delivered meanwhile, or taken by an operator
+        case Prepared::not_due: not_before_[id] = *meta.next_attempt_at; co_return;
+        case Prepared::meta_later:
+            spdlog::warn("dispatch id={}: cannot read meta.json now, will try again: {}", id,
+                         prepared.failure.message);
+            not_before_[id] = now + config_.retry_interval;
+            co_return;
+        case Prepared::claim_failed:
+            spdlog::error("dispatch id={}: cannot claim it: {}", id, prepared.failure.message);
+            not_before_[id] = now + config_.retry_interval;
+            co_return;
+        case Prepared::meta_broken: {
+            const std::string reason = "invalid metadata: " + prepared.failure.message;
+            if (co_await dead_letter(id, nullptr, reason)) spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
+            co_return;
+        }
+        case Prepared::too_old:
+            meta.last_error = "max retry age exceeded";
+            if (co_await dead_letter(id, &meta, "")) {
+                spdlog::warn("dispatch id={} dead-lettered: max retry age exceeded after {} attempts", id,
+                             meta.attempts);
+            }
+            co_return;
+        case Prepared::message_broken: {
+            const std::string reason = "cannot read message: " + prepared.failure.message;
+            meta.last_error = reason;
+            if (co_await dead_letter(id, &meta, reason)) spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
+            co_return;
+        }
+        case Prepared::message_later:
+            // A passing read error: counts as a failed attempt.
+            response.error = "cannot read message: " + prepared.failure.message;
+            break;
+        case Prepared::ready: break;
+    }
+    const std::string& url = route(config_, meta.recipients);
+    if (prepared.body) {
         http::Request request;
         request.url = url;
         request.headers.push_back("X-Mxhook-Id: " + id);
-        request.content_type = opened.value()->content_type();
-        request.body = std::move(opened.value());
+        request.content_type = prepared.body->content_type();
+        request.body = std::move(prepared.body);
         request.timeout = config_.webhook_timeout;
         response = co_await client_.post(std::move(request));
-    } else {
-        const std::string reason = "cannot read message: " + opened.failure().message;
-        if (permanent(opened.failure())) {
-            meta.last_error = reason;
-            if (co_await dead_letter(id, &meta, reason)) {
-                spdlog::error("dispatch id={} dead-lettered: {}", id, reason);
-            }
-            co_return;
-        }
-        response.error = reason;  // a passing read error: counts as a failed attempt
     }
 
     const auto status = response.status == 0 ? std::string("none") : std::to_string(response.status);

@@ -214,6 +214,14 @@ TEST(ConfigTest, MaxJunkCommands) {
               "SMTP_MAX_JUNK_COMMANDS: must be a positive integer (got \"0\")");
 }
 
+TEST(ConfigTest, SpoolWorkerThreads) {
+    EXPECT_EQ(load({}).spool_worker_threads, 4u);
+    EXPECT_EQ(load({{"SPOOL_WORKER_THREADS", "32"}}).spool_worker_threads, 32u);
+    EXPECT_EQ(error_of({{"SPOOL_WORKER_THREADS", "0"}}),
+              "SPOOL_WORKER_THREADS: must be a positive integer (got \"0\")");
+    EXPECT_NE(error_of({{"SPOOL_WORKER_THREADS", "5000"}}).find("SPOOL_WORKER_THREADS"), std::string::npos);
+}
+
 TEST(ConfigTest, PositiveIntegerErrorMessageFormat) {
     EXPECT_EQ(error_of({{"SMTP_MAX_RECIPIENTS", "abc"}}),
               "SMTP_MAX_RECIPIENTS: must be a positive integer (got \"abc\")");

@@ -162,7 +162,6 @@ TEST_F(DefencesTest, IdleInsideDataGets421AndNothingIsKept) {
         ASSERT_EQ(client->cmd("MAIL FROM:<sender@example.org>").code, 250);
         ASSERT_EQ(client->cmd("RCPT TO:<user@example.com>").code, 250);
         ASSERT_EQ(client->cmd("DATA").code, 354);
-        EXPECT_EQ(list_dir(tmp_spool_dir()).size(), 1u) << "the message is received into tmp/";
         ASSERT_TRUE(client->send_raw("From: a@example.org\r\nSubject: stalled\r\n\r\nhalf a mess"));
         const auto start = Clock::now();
         const Reply reply = client->read_reply();

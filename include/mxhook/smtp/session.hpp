@@ -7,9 +7,11 @@
 // Memory: a session holds its 16 KiB read buffer and, while DATA streams, at most one
 // piece of decoded bytes waiting to be written (flushed at 64 KiB, and from 4 KiB on
 // before every wait for the client, so a stalled client holds less than that). The header
-// section is never held while it streams, only counted (mail::HeaderScanner); it is read
-// back from the spool after the end of data.
+// section is never held apart while it streams, only counted (mail::HeaderScanner); after
+// the end of data it is parsed from that piece when the whole message fits in it, and read
+// back from the spool otherwise.
 
+#include "mxhook/blocking.hpp"
 #include "mxhook/config.hpp"
 #include "mxhook/decision/client.hpp"
 #include "mxhook/smtp/data_decoder.hpp"
@@ -69,32 +71,48 @@ private:
 
     // --- the steps of receive_message ---
     struct Incoming;  // one message being received
+    // The message on its way to the spool: held in memory until a flush makes tmp/<id>/
+    // (the first write creates it), so a message that fits one flush reaches the disk in
+    // the same hand-off as its commit.
+    struct Draft {
+        std::string id;
+        std::string held;                       // decoded bytes not yet written
+        std::optional<spool::TmpItem> item;     // tmp/<id>/, once something was written
+    };
+    // What write_out and commit hand back: meta.json's content and the committed ids
+    // (empty when not committed yet).
+    struct Written {
+        spool::Meta meta;
+        std::vector<std::string> ids;
+    };
     using Refusal = std::pair<DataOutcome, std::string>;  // outcome, and the text for the reply
-    // tmp/<id>/ with an empty message.eml; nullopt when the spool refused.
-    boost::asio::awaitable<std::optional<spool::TmpItem>> create_item(const std::string& id);
     // Writes the 354 and gives the reverse-DNS lookup the rest of its bound; false when the
     // client went away or the session's time ran out meanwhile.
     boost::asio::awaitable<bool> begin_data(const std::string& reply354);
     // Our Received: header for the message, which goes first in message.eml.
     std::string trace_header(Incoming& in);
-    // Streams the client's message into message.eml behind our trace header. nullopt when
-    // the connection was lost or timed out (the client has been told what it can be told).
-    boost::asio::awaitable<std::optional<MessageFacts>> pump(spool::TmpItem& item, Incoming& in);
-    // Appends bytes to message.eml on the pool; false (logged) when the write failed.
-    boost::asio::awaitable<bool> store(spool::TmpItem& item, const std::string& bytes);
-    // meta.json's content; the header section is read back from message.eml on the pool.
-    boost::asio::awaitable<std::optional<spool::Meta>> build_meta(const spool::TmpItem& item, const Incoming& in);
+    // Streams the client's message behind our trace header into the draft (flushing to
+    // tmp/ at 64 KiB, and before waiting on an idle client). nullopt when the connection
+    // was lost or timed out (the client has been told what it can be told; the draft is
+    // discarded).
+    boost::asio::awaitable<std::optional<MessageFacts>> pump(Draft& draft, Incoming& in);
+    // Appends what the draft holds to message.eml on the pool (creating the item first);
+    // false (logged) when the write failed.
+    boost::asio::awaitable<bool> store(Draft& draft);
+    // One hand-off: the rest of the message to disk, meta.json's content (the header section
+    // from memory, or read back from the file) and, when commit_now, the commit.
+    boost::asio::awaitable<Result<Written>> write_out(Draft& draft, const Incoming& in, bool commit_now);
     // Asks the decision API (when enabled); nullopt means allow, else the outcome to answer.
     // Abandoned when SMTP_MAX_SESSION_MS passes first (DataOutcome::timed_out).
     boost::asio::awaitable<std::optional<Refusal>> ask_decision(const spool::TmpItem& item,
                                                                 const spool::Meta& meta);
-    // Commits and answers. A commit cannot be abandoned: when SMTP_MAX_SESSION_MS passed
-    // while it ran, the message's own answer (250, or 451) comes first, then the 421.
-    boost::asio::awaitable<Step> commit_and_answer(spool::TmpItem& item, const Incoming& in,
-                                                   const spool::Meta& meta);
-    // Commits the item: one spool item, or one per recipient in "each" mode. Returns the ids.
-    boost::asio::awaitable<std::vector<std::string>> commit(spool::TmpItem& item, const spool::Meta& meta);
-    boost::asio::awaitable<void> discard(spool::TmpItem& item);
+    // Commits a written draft: one spool item, or one per recipient in "each" mode.
+    boost::asio::awaitable<Result<Written>> commit(Draft& draft, const spool::Meta& meta);
+    // Answers a commit (250 with the ids, or 451 and the draft discarded). A commit cannot
+    // be abandoned: when SMTP_MAX_SESSION_MS passed while it ran, the message's own answer
+    // comes first, then the 421.
+    boost::asio::awaitable<Step> answer_commit(Draft& draft, const Incoming& in, Result<Written>& written);
+    boost::asio::awaitable<void> discard(Draft& draft);
     // Logs the transaction's line and ends the DATA phase in the protocol.
     Step finish(const Incoming& in, DataOutcome outcome, const std::string& detail = {});
 
