@@ -3,6 +3,7 @@
 
     bench/smtp_load.py --port 2525 [--host 127.0.0.1] [--connections 16] [--messages 2000]
                        [--size 4096] [--per-connection K] [--timeout 60] [--json FILE]
+                       [--ids FILE]
 
 C connections run at once and share N messages. Each connection sends EHLO once per
 session, then MAIL FROM (with SIZE=), RCPT TO, DATA, the dot-stuffed message, and reads
@@ -16,7 +17,9 @@ bytes in 76-character lines, padded so the whole message is about --size bytes.
 
 Latency of a message = time from writing the final ".<CRLF>" (after the whole body has
 been handed to the kernel) to reading the complete reply. Non-2xx replies, timeouts and
-lost connections are counted as errors; the run goes on.
+lost connections are counted as errors; the run goes on. With --ids FILE, one line per
+accepted message: "<id> <unix time the reply was read>", the id taken from the reply's
+"Queued as <id>" (bench/run matches it with the sink's X-Mxhook-Id for latency to the POST).
 """
 
 import argparse
@@ -24,6 +27,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -108,9 +112,13 @@ class Stats:
         self.errors = {}             # reason -> count
         self.first_send = None
         self.last_accept = None
+        self.ids = []                # (queue id from the reply, unix time of the reply)
 
     def error(self, reason):
         self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+QUEUED_AS = re.compile(r"[Qq]ueued as (\S+)")
 
 
 class SmtpError(Exception):
@@ -186,6 +194,9 @@ async def send_message(reader, writer, gen, seq, args, stats):
         stats.accepted_bytes += size
         stats.latencies.append(t1 - t0)
         stats.last_accept = t1
+        if args.ids:
+            m = QUEUED_AS.search(text)
+            stats.ids.append((m.group(1) if m else "-", time.time()))
     else:
         stats.error(f"end-of-data {code}")
         if args.verbose:
@@ -297,6 +308,7 @@ async def run(args):
         "accepted_bytes": stats.accepted_bytes,
         "errors": sum(stats.errors.values()),
         "error_kinds": stats.errors,
+        "connect_unix": wall0,  # before the first connection is opened
         "start_unix": wall0 + (start - t0),
         "end_unix": wall0 + (t_end - t0),
         "elapsed_s": elapsed,
@@ -307,7 +319,7 @@ async def run(args):
         "p99_ms": None if not lat else percentile(lat, 99) * 1000,
         "max_ms": None if not lat else lat[-1] * 1000,
     }
-    return result
+    return result, stats.ids
 
 
 def fmt_ms(v):
@@ -329,13 +341,18 @@ def main():
     ap.add_argument("--mail-from", default="sender@bench.example.org")
     ap.add_argument("--rcpt", default="user@example.com")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    ap.add_argument("--ids", metavar="FILE", help="write '<queue id> <reply unix>' per accepted message")
     ap.add_argument("--verbose", "-v", action="store_true", help="print each error's reply")
     args = ap.parse_args()
     if args.connections < 1 or args.messages < 0 or args.size < 0:
         ap.error("--connections must be >= 1, --messages and --size >= 0")
     args.connections = min(args.connections, max(1, args.messages))
 
-    r = asyncio.run(run(args))
+    r, ids = asyncio.run(run(args))
+    if args.ids:
+        with open(args.ids, "w") as f:
+            for qid, t in ids:
+                f.write(f"{qid} {t:.6f}\n")
     print(f"sent {r['messages']} x ~{r['message_bytes']} B over {r['connections']} connections"
           f" ({'all' if args.per_connection <= 0 else args.per_connection} per session)")
     print(f"accepted {r['accepted']} in {r['elapsed_s']:.2f} s: {r['msgs_per_s']:.1f} msg/s,"

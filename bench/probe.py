@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Ceiling probes for bench/run (Python 3 standard library only).
+
+    bench/probe.py disk --dir DIR --size BYTES --writers W [--seconds 1.0]
+    bench/probe.py http --port PORT --size BYTES --threads T [--seconds 1.0]
+
+disk: W threads each repeat one durable commit, the way a spool commits a message:
+create a file of BYTES in DIR/tmp, write it, fsync it, rename it into DIR/done, fsync
+DIR/done. Threads are enough: os.write, os.fsync and os.rename release the GIL, and the
+GIL-held part of a commit is a few microseconds against a fsync of 0.1 to 10 ms. Runs for
+--seconds (at least one commit per writer), then removes its files (not timed).
+
+http: T threads each POST BYTES over one keep-alive connection to 127.0.0.1:PORT/hook
+(bench/sink.py) as fast as the answers come, for --seconds. The client shares the GIL
+between its threads, so the rate is a lower bound of what the sink sustains.
+
+Both print one JSON object: {"ops": n, "elapsed_s": t, "per_s": n / t, ...}.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import threading
+import time
+
+
+def disk(args):
+    tmp = os.path.join(args.dir, "tmp")
+    done = os.path.join(args.dir, "done")
+    os.makedirs(tmp, exist_ok=True)
+    os.makedirs(done, exist_ok=True)
+    data = os.urandom(args.size)
+    counts = [0] * args.writers
+    errors = []
+    start = threading.Barrier(args.writers + 1)
+    deadline = [0.0]
+
+    def writer(w):
+        start.wait()
+        n = 0
+        try:
+            while n == 0 or time.perf_counter() < deadline[0]:
+                name = f"{w}-{n}"
+                src = os.path.join(tmp, name)
+                fd = os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(src, os.path.join(done, name))
+                dfd = os.open(done, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+                n += 1
+        except OSError as exc:
+            errors.append(str(exc))
+        counts[w] = n
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(args.writers)]
+    for t in threads:
+        t.start()
+    deadline[0] = time.perf_counter() + args.seconds
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(done, ignore_errors=True)
+    ops = sum(counts)
+    return {"probe": "disk", "size": args.size, "writers": args.writers, "ops": ops,
+            "elapsed_s": elapsed, "per_s": ops / elapsed, "errors": errors[:3]}
+
+
+def http_probe(args):
+    body = b"x" * args.size
+    counts = [0] * args.threads
+    errors = []
+    deadline = time.perf_counter() + args.seconds
+
+    def client(i):
+        n = 0
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=10)
+            while time.perf_counter() < deadline:
+                conn.request("POST", "/hook", body, {
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "X-Mxhook-Id": f"probe-{i}-{n}"})
+                resp = conn.getresponse()
+                resp.read()
+                n += 1
+            conn.close()
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        counts[i] = n
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    ops = sum(counts)
+    return {"probe": "http", "size": args.size, "threads": args.threads, "ops": ops,
+            "elapsed_s": elapsed, "per_s": ops / elapsed, "errors": errors[:3]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    d = sub.add_parser("disk")
+    d.add_argument("--dir", required=True)
+    d.add_argument("--size", type=int, required=True)
+    d.add_argument("--writers", type=int, default=1)
+    d.add_argument("--seconds", type=float, default=1.0)
+    h = sub.add_parser("http")
+    h.add_argument("--port", type=int, required=True)
+    h.add_argument("--size", type=int, default=1024)
+    h.add_argument("--threads", type=int, default=8)
+    h.add_argument("--seconds", type=float, default=1.0)
+    args = ap.parse_args()
+    r = disk(args) if args.what == "disk" else http_probe(args)
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
