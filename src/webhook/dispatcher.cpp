@@ -253,14 +253,12 @@ bool permanent(const Failure& failure) {
 
 }  // namespace
 
-// Blocking, on the pool: everything an attempt needs before its POST, in one hand-off
-// (read meta.json, claim the item, open the body). Failures are states, decided here once.
-Dispatcher::Prepared Dispatcher::prepare(const std::string& id, Clock::time_point now,
-                                         const asio::any_io_executor& executor) const {
+Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const std::string& id,
+                         Clock::time_point now, asio::thread_pool& pool, const asio::any_io_executor& executor) {
     Prepared out;
     const auto claim = [&] {
         try {
-            if (spool_.claim(id)) return true;
+            if (spool.claim(id)) return true;
             out.step = Prepared::gone;
         } catch (const std::exception& e) {
             out.step = Prepared::claim_failed;
@@ -269,7 +267,7 @@ Dispatcher::Prepared Dispatcher::prepare(const std::string& id, Clock::time_poin
         return false;
     };
     try {
-        out.meta = spool_.read_pending_meta(id);
+        out.meta = spool.read_pending_meta(id);
     } catch (const std::exception& e) {
         out.failure = failure_of(e);
         out.step = Prepared::meta_later;
@@ -282,13 +280,13 @@ Dispatcher::Prepared Dispatcher::prepare(const std::string& id, Clock::time_poin
         return out;
     }
     if (!claim()) return out;
-    if (config_.max_retry_age.count() > 0 && now - out.meta.created_at > config_.max_retry_age) {
+    if (config.max_retry_age.count() > 0 && now - out.meta.created_at > config.max_retry_age) {
         out.step = Prepared::too_old;
         return out;
     }
     try {
-        out.body = FormBodySource::open(payload_fields(out.meta, config_.webhook_signing_key, now),
-                                        config_.webhook_encoding, spool_.processing_message(id), pool_, executor);
+        out.body = FormBodySource::open(payload_fields(out.meta, config.webhook_signing_key, now),
+                                        config.webhook_encoding, spool.processing_message(id), pool, executor);
         out.step = Prepared::ready;
     } catch (const std::exception& e) {
         out.failure = failure_of(e);
@@ -302,7 +300,8 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
     const asio::any_io_executor executor = io_.get_executor();
     // Captures are references only: g++ 12 mishandles non-trivial temporaries that
     // live across a co_await (it destroys them twice).
-    auto prepared = co_await run_blocking(pool_, [this, &id, now, &executor] { return prepare(id, now, executor); });
+    auto prepared = co_await run_blocking(
+        pool_, [this, &id, now, &executor] { return prepare_attempt(spool_, config_, id, now, pool_, executor); });
     spool::Meta& meta = prepared.meta;
     http::Response response;
     switch (prepared.step) {

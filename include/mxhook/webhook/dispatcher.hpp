@@ -36,6 +36,32 @@
 
 namespace mxhook::webhook {
 
+// What prepare_attempt() found: the item's state before its POST, and what the POST needs.
+struct Prepared {
+    enum Step {
+        ready,           // claimed, body open
+        gone,            // not in pending/ any more
+        not_due,         // nextAttemptAt is still ahead
+        meta_later,      // meta.json unreadable for now (I/O error): not claimed
+        meta_broken,     // meta.json missing or unparsable: claimed, to dead-letter
+        claim_failed,    // the rename failed
+        too_old,         // claimed, past MAX_RETRY_AGE_MS
+        message_later,   // claimed, message.eml unreadable for now: a failed attempt
+        message_broken,  // claimed, message.eml missing: to dead-letter
+    };
+    Step step = gone;
+    spool::Meta meta;
+    std::shared_ptr<FormBodySource> body;
+    Failure failure;
+};
+
+// Blocking (run it on the worker pool): everything a delivery attempt needs before its
+// POST, in one hand-off: read pending/<id>/meta.json, claim the item, open the body.
+// Failures are states, decided here once; the dispatcher only carries them out.
+Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const std::string& id,
+                         std::chrono::system_clock::time_point now, boost::asio::thread_pool& pool,
+                         const boost::asio::any_io_executor& executor);
+
 class Dispatcher {
 public:
     Dispatcher(boost::asio::io_context& io, boost::asio::thread_pool& pool, const spool::Spool& spool,
@@ -60,26 +86,6 @@ private:
     boost::asio::awaitable<void> attempt(const std::string& id);
     boost::asio::awaitable<void> sweep_processing(const std::vector<std::string>& in_processing);
     boost::asio::awaitable<void> set_aside_duplicate(const std::string& id);
-    // What prepare() found: the item's state before its POST, and what the POST needs.
-    struct Prepared {
-        enum Step {
-            ready,           // claimed, body open
-            gone,            // not in pending/ any more
-            not_due,         // nextAttemptAt is still ahead
-            meta_later,      // meta.json unreadable for now (I/O error): not claimed
-            meta_broken,     // meta.json missing or unparsable: claimed, to dead-letter
-            claim_failed,    // the rename failed
-            too_old,         // claimed, past MAX_RETRY_AGE_MS
-            message_later,   // claimed, message.eml unreadable for now: a failed attempt
-            message_broken,  // claimed, message.eml missing: to dead-letter
-        };
-        Step step = gone;
-        spool::Meta meta;
-        std::shared_ptr<FormBodySource> body;
-        Failure failure;
-    };
-    Prepared prepare(const std::string& id, std::chrono::system_clock::time_point now,
-                     const boost::asio::any_io_executor& executor) const;
     boost::asio::awaitable<void> give_back(const std::string& id, const Failure& failure);
     // Moves a claimed item to dead/; false (and the item given back) when the spool fails.
     boost::asio::awaitable<bool> dead_letter(const std::string& id, const spool::Meta* meta,
