@@ -60,10 +60,25 @@ void Dispatcher::notify(const std::string& id) {
 }
 
 void Dispatcher::enqueue(const std::string& id, Clock::time_point due) {
-    if (stopping_ || !busy_.insert(id).second) return;
+    if (stopping_ || busy_.count(id) != 0) return;
+    // The queue holds the earliest-due items only, so memory does not grow with a backlog.
+    // One due later than all of them stays in pending/ alone, where a scan finds it again
+    // (pump() asks for one early when the queue runs low).
+    if (ready_.size() >= max_queued()) {
+        const auto last = std::prev(ready_.end());
+        overflowed_ = true;
+        if (std::get<0>(*last) <= due) return;
+        busy_.erase(std::get<2>(*last));
+        ready_.erase(last);
+    }
+    busy_.insert(id);
     // Ids carry milliseconds: messages acknowledged within one keep the order they came in.
     ready_.emplace(due, enqueued_++, id);
     pump();
+}
+
+std::size_t Dispatcher::max_queued() const {
+    return std::max<std::size_t>(kMinQueued, 2 * config_.webhook_concurrency);
 }
 
 void Dispatcher::pump() {
@@ -88,6 +103,13 @@ void Dispatcher::pump() {
         ready_.erase(first);
         ++in_flight_;
         asio::co_spawn(io_, deliver(std::move(id)), asio::detached);
+    }
+    // Items were left out of a full queue: scan again before it runs dry, not a whole
+    // RETRY_SCAN_INTERVAL_MS later (the wait is cut short; the scan loop goes on).
+    if (overflowed_ && !stopping_ && ready_.size() < max_queued() / 4) {
+        overflowed_ = false;
+        rescan_ = true;
+        scan_timer_.cancel();
     }
 }
 
@@ -130,8 +152,10 @@ awaitable<void> Dispatcher::scan_loop() {
         } catch (...) {
             spdlog::error("dispatch: retry scan failed, next in {} ms", config_.retry_scan_interval.count());
         }
+        if (std::exchange(rescan_, false)) continue;  // asked for while this scan ran
         scan_timer_.expires_after(config_.retry_scan_interval);
         co_await scan_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        rescan_ = false;
     }
 }
 

@@ -349,6 +349,29 @@ TEST_F(ReliabilityTest, FanOutMemoryDoesNotGrowWithRecipientsTimesHeaders) {
     EXPECT_LT(after - before, 64 * 1024) << "peak RSS grew by " << (after - before) / 1024 << " MiB";
 }
 
+// A backlog larger than the dispatcher's in-memory queue (4096 items): the queue keeps the
+// earliest-due items only, and scans again as it runs low instead of waiting out
+// RETRY_SCAN_INTERVAL_MS, so every item is still delivered, oldest first.
+TEST_F(ReliabilityTest, BacklogLargerThanTheQueueIsDeliveredWithoutWaitingForScans) {
+    constexpr int kItems = 4096 + 600;
+    std::vector<std::string> ids;
+    for (int i = 0; i < kItems; ++i) {
+        const std::string id = new_spool_id();
+        write_file(pending_dir() / id / "message.eml", simple_message("backlog " + std::to_string(i)));
+        write_file(pending_dir() / id / "meta.json", spool_item_meta(id, "backlog").dump(2) + "\n");
+        ids.push_back(id);
+    }
+    // One scan at start; the next regular one would come only after the test's bound.
+    ASSERT_TRUE(start_daemon({{"RETRY_SCAN_INTERVAL_MS", "600000"}, {"WEBHOOK_CONCURRENCY", "16"}}));
+    EXPECT_TRUE(hook_.wait_for(kItems, 150s)) << "delivered " << hook_.count() << " of " << kItems;
+    EXPECT_TRUE(wait_until([&] { return list_dir(pending_dir()).empty(); }, 10s));
+    // Oldest first: the first item made is among the first delivered.
+    const auto delivered = delivered_ids();
+    const auto first = std::find(delivered.begin(), delivered.end(), ids.front());
+    ASSERT_NE(first, delivered.end());
+    EXPECT_LT(first - delivered.begin(), 64);
+}
+
 // --- haraka-webhook spools ---------------------------------------------------------------
 
 TEST_F(ReliabilityTest, HarakaStyleRecipientsArePostedBare) {

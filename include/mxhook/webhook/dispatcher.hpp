@@ -104,6 +104,12 @@ private:
     // Waiting for a slot: by due time, then by order of enqueue().
     std::set<std::tuple<std::chrono::system_clock::time_point, std::uint64_t, std::string>> ready_;
     std::uint64_t enqueued_ = 0;
+    // ready_ holds at most max_queued() items (the earliest due); overflowed_: some were
+    // left out since the last scan.
+    static constexpr std::size_t kMinQueued = 4096;
+    std::size_t max_queued() const;
+    bool overflowed_ = false;
+    bool rescan_ = false;  // scan again now: the queue runs low and items were left out
     std::deque<std::string> suspects_;              // isolate(): one at a time, before ready_
     bool isolating_ = false;                        // until the last suspect's attempt has ended
     static constexpr std::size_t kMaxReportedStrays = 1000;
