@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Ceiling probes for bench/run (Python 3 standard library only).
 
-    bench/probe.py disk --dir DIR --size BYTES --writers W [--seconds 1.0]
+    bench/probe.py disk --dir DIR --size BYTES --writers W [--seconds 1.0] [--delete-lag N]
     bench/probe.py http --port PORT --size BYTES --threads T [--seconds 1.0]
 
 disk: W threads each repeat one durable commit, the way a spool commits a message:
 create a file of BYTES in DIR/tmp, write it, fsync it, rename it into DIR/done, fsync
 DIR/done. Threads are enough: os.write, os.fsync and os.rename release the GIL, and the
 GIL-held part of a commit is a few microseconds against a fsync of 0.1 to 10 ms. Runs for
---seconds (at least one commit per writer), then removes its files (not timed).
+--seconds (at least one commit per writer), then removes its files (not timed). With
+--delete-lag N each writer also deletes the file it committed N commits earlier, as a
+spool that delivers removes what it took in (the steady state; on ext4 without a journal
+each new inode is then checked against the recently deleted ones). Also reports the
+probe's CPU per commit (user + system, from getrusage).
 
 http: T threads each POST BYTES over one keep-alive connection to 127.0.0.1:PORT/hook
 (bench/sink.py) as fast as the answers come, for --seconds. The client shares the GIL
@@ -20,7 +24,9 @@ Both print one JSON object: {"ops": n, "elapsed_s": t, "per_s": n / t, ...}.
 import argparse
 import http.client
 import json
+import collections
 import os
+import resource
 import shutil
 import threading
 import time
@@ -40,6 +46,7 @@ def disk(args):
     def writer(w):
         start.wait()
         n = 0
+        committed = collections.deque()
         try:
             while n == 0 or time.perf_counter() < deadline[0]:
                 name = f"{w}-{n}"
@@ -58,6 +65,10 @@ def disk(args):
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
+                if args.delete_lag > 0:
+                    committed.append(os.path.join(done, name))
+                    if len(committed) > args.delete_lag:
+                        os.unlink(committed.popleft())
                 n += 1
         except OSError as exc:
             errors.append(str(exc))
@@ -68,15 +79,19 @@ def disk(args):
         t.start()
     deadline[0] = time.perf_counter() + args.seconds
     t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     start.wait()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(done, ignore_errors=True)
     ops = sum(counts)
-    return {"probe": "disk", "size": args.size, "writers": args.writers, "ops": ops,
-            "elapsed_s": elapsed, "per_s": ops / elapsed, "errors": errors[:3]}
+    return {"probe": "disk", "size": args.size, "writers": args.writers, "delete_lag": args.delete_lag,
+            "ops": ops, "elapsed_s": elapsed, "per_s": ops / elapsed,
+            "cpu_ms_per_op": cpu_s * 1000 / ops if ops else None, "errors": errors[:3]}
 
 
 def http_probe(args):
@@ -121,6 +136,7 @@ def main():
     d.add_argument("--size", type=int, required=True)
     d.add_argument("--writers", type=int, default=1)
     d.add_argument("--seconds", type=float, default=1.0)
+    d.add_argument("--delete-lag", type=int, default=0)
     h = sub.add_parser("http")
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--size", type=int, default=1024)
