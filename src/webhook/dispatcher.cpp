@@ -308,9 +308,17 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
         out.step = Prepared::too_old;
         return out;
     }
+    Fields fields;
     try {
-        out.body = FormBodySource::open(payload_fields(out.meta, config.webhook_signing_key, now),
-                                        config.webhook_encoding, spool.processing_message(id), pool, executor);
+        fields = payload_fields(out.meta, config.webhook_signing_key, now);
+    } catch (const std::exception& e) {
+        // No random bytes for the token, or no memory: nothing wrong with the message.
+        out.failure = {std::make_error_code(std::errc::resource_unavailable_try_again), e.what()};
+        out.step = Prepared::message_later;
+        return out;
+    }
+    try {
+        out.body = FormBodySource::open(fields, config.webhook_encoding, spool.processing_message(id), pool, executor);
         out.step = Prepared::ready;
     } catch (const std::exception& e) {
         out.failure = failure_of(e);
@@ -359,8 +367,8 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
             co_return;
         }
         case Prepared::message_later:
-            // A passing read error: counts as a failed attempt.
-            response.error = "cannot read message: " + prepared.failure.message;
+            // A passing failure (I/O, memory, randomness): counts as a failed attempt.
+            response.error = "cannot make the request body: " + prepared.failure.message;
             break;
         case Prepared::ready: break;
     }

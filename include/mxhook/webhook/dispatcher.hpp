@@ -46,7 +46,7 @@ struct Prepared {
         meta_broken,     // meta.json missing or unparsable: claimed, to dead-letter
         claim_failed,    // the rename failed
         too_old,         // claimed, past MAX_RETRY_AGE_MS
-        message_later,   // claimed, message.eml unreadable for now: a failed attempt
+        message_later,   // claimed, the body cannot be made now (I/O, memory, randomness): a failed attempt
         message_broken,  // claimed, message.eml missing: to dead-letter
     };
     Step step = gone;
