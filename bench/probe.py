@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ceiling probes for bench/run (Python 3 standard library only).
 
-    bench/probe.py disk --dir DIR --size BYTES --writers W [--seconds 1.0] [--delete-lag N]
+    bench/probe.py disk --dir DIR --size BYTES --writers W [--seconds 1.0] [--delete-lag N] [--spool]
     bench/probe.py http --port PORT --size BYTES --threads T [--seconds 1.0]
 
 disk: W threads each repeat one durable commit, the way a spool commits a message:
@@ -12,7 +12,10 @@ GIL-held part of a commit is a few microseconds against a fsync of 0.1 to 10 ms.
 --delete-lag N each writer also deletes the file it committed N commits earlier, as a
 spool that delivers removes what it took in (the steady state; on ext4 without a journal
 each new inode is then checked against the recently deleted ones). Also reports the
-probe's CPU per commit (user + system, from getrusage).
+probe's CPU per commit (user + system, from getrusage). With --spool each commit has the
+shape of a spool item instead of one file: mkdir tmp/N, message.eml (BYTES) and meta.json
+(512 bytes) each written and fsynced, fsync tmp/N, rename it into done/, fsync done/ (and
+with --delete-lag, the item's two files and directory are removed later).
 
 http: T threads each POST BYTES over one keep-alive connection to 127.0.0.1:PORT/hook
 (bench/sink.py) as fast as the answers come, for --seconds. The client shares the GIL
@@ -32,12 +35,32 @@ import threading
 import time
 
 
+def write_durable(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path):
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def disk(args):
     tmp = os.path.join(args.dir, "tmp")
     done = os.path.join(args.dir, "done")
     os.makedirs(tmp, exist_ok=True)
     os.makedirs(done, exist_ok=True)
     data = os.urandom(args.size)
+    meta = b"{" + b" " * 510 + b"}"
     counts = [0] * args.writers
     errors = []
     start = threading.Barrier(args.writers + 1)
@@ -51,14 +74,13 @@ def disk(args):
             while n == 0 or time.perf_counter() < deadline[0]:
                 name = f"{w}-{n}"
                 src = os.path.join(tmp, name)
-                fd = os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                if args.spool:
+                    os.mkdir(src, 0o700)
+                    write_durable(os.path.join(src, "message.eml"), data)
+                    write_durable(os.path.join(src, "meta.json"), meta)
+                    fsync_dir(src)
+                else:
+                    write_durable(src, data)
                 os.rename(src, os.path.join(done, name))
                 dfd = os.open(done, os.O_RDONLY | os.O_DIRECTORY)
                 try:
@@ -68,7 +90,13 @@ def disk(args):
                 if args.delete_lag > 0:
                     committed.append(os.path.join(done, name))
                     if len(committed) > args.delete_lag:
-                        os.unlink(committed.popleft())
+                        old = committed.popleft()
+                        if args.spool:
+                            os.unlink(os.path.join(old, "message.eml"))
+                            os.unlink(os.path.join(old, "meta.json"))
+                            os.rmdir(old)
+                        else:
+                            os.unlink(old)
                 n += 1
         except OSError as exc:
             errors.append(str(exc))
@@ -90,6 +118,7 @@ def disk(args):
     shutil.rmtree(done, ignore_errors=True)
     ops = sum(counts)
     return {"probe": "disk", "size": args.size, "writers": args.writers, "delete_lag": args.delete_lag,
+            "spool": args.spool,
             "ops": ops, "elapsed_s": elapsed, "per_s": ops / elapsed,
             "cpu_ms_per_op": cpu_s * 1000 / ops if ops else None, "errors": errors[:3]}
 
@@ -137,6 +166,7 @@ def main():
     d.add_argument("--writers", type=int, default=1)
     d.add_argument("--seconds", type=float, default=1.0)
     d.add_argument("--delete-lag", type=int, default=0)
+    d.add_argument("--spool", action="store_true")
     h = sub.add_parser("http")
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--size", type=int, default=1024)
