@@ -65,8 +65,8 @@ private:
     boost::asio::awaitable<bool> read_more();
     boost::asio::awaitable<void> flush();
     // Runs the DATA phase after the DATA command was accepted (reply354 is its 354):
-    // create, 354, pump, checks, decide, commit. Returns the final reply, or nullopt when
-    // the connection was lost.
+    // 354, pump, checks, write_out (and with a decision API: decide, commit), answer.
+    // Returns the final reply, or nullopt when the connection was lost.
     boost::asio::awaitable<std::optional<Step>> receive_message(const std::string& reply354);
 
     // --- the steps of receive_message ---
