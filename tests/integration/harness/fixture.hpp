@@ -80,7 +80,9 @@ protected:
     std::optional<WebhookRequest> request_for(const std::string& id,
                                               std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
-    // True when pending/ and processing/ are both empty (waits, bounded).
+    // True when pending/ and processing/ are both empty and no delivered item is still being
+    // removed from tmp/ (waits, bounded). A delivered item passes through tmp/<id>.delivered
+    // after the webhook's 2xx, so "the webhook got it" does not yet mean "the spool is empty".
     bool spool_drains(std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
     // meta.json of an item, parsed; nullopt while it is missing or being replaced.
