@@ -76,7 +76,9 @@ int run(const Config& config) {
     }
     const auto recovered = spool.recover(config.max_interrupted_attempts);
     for (const auto& name : recovered.removed_tmp_names) {
-        spdlog::info("spool: removed unacknowledged {}", (config.spool_tmp_dir / name).string());
+        // "<id>.delivered": a delivered item that was on its way out or kept for reuse.
+        spdlog::info("spool: removed {} {}", name.ends_with(".delivered") ? "delivered" : "unacknowledged",
+                     (config.spool_tmp_dir / name).string());
     }
     for (const auto& name : recovered.foreign_tmp_names) {
         spdlog::warn("spool: left {} alone: not a name mxhook gives its items",
@@ -190,6 +192,7 @@ int run(const Config& config) {
     } catch (const std::exception& e) {
         spdlog::error("spool: processing/ left for start-up recovery: {}", e.what());
     }
+    spool.drop_recycled();  // delivered items kept for reuse (Spool::remove)
     spdlog::info("mxhook stopped");
     return 0;
 }

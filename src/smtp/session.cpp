@@ -506,6 +506,7 @@ awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incom
         const bool in_memory = !draft.item;
         if (!draft.item) draft.item = spool.create(draft.id);
         if (!draft.held.empty()) spool.append(*draft.item, draft.held);
+        spool.seal(*draft.item);  // before the file is read back (here or by the decision API)
         if (in_memory) {
             ViewBuffer view(draft.held);
             std::istream section(&view);

@@ -16,7 +16,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <utility>
 
 #include <dirent.h>
@@ -117,6 +120,22 @@ void write_file_durable(const fs::path& path, std::string_view content, int crea
     write_all(fd.get(), content, path);
     fsync_fd(fd.get(), path);
     fd.close(path);
+}
+
+// Overwrites an existing file in place (no new inode, no directory change) and makes the
+// content durable. False when the file does not exist.
+bool overwrite_file_durable(const fs::path& path, std::string_view content) {
+    const int raw = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (raw < 0) {
+        if (errno == ENOENT) return false;
+        throw_errno("open", path);
+    }
+    Fd fd(raw);
+    write_all(fd.get(), content, path);
+    if (::ftruncate(fd.get(), static_cast<off_t>(content.size())) != 0) throw_errno("truncate", path);
+    fsync_fd(fd.get(), path);
+    fd.close(path);
+    return true;
 }
 
 // Replaces a file atomically: a crash leaves either the old or the new content, never a
@@ -278,7 +297,11 @@ std::string new_id() {
 // --- TmpItem ------------------------------------------------------------------------------
 
 TmpItem::TmpItem(TmpItem&& other) noexcept
-    : id_(std::move(other.id_)), dir_(std::move(other.dir_)), fd_(std::exchange(other.fd_, -1)) {}
+    : id_(std::move(other.id_)),
+      dir_(std::move(other.dir_)),
+      fd_(std::exchange(other.fd_, -1)),
+      written_(other.written_),
+      recycled_(other.recycled_) {}
 
 TmpItem& TmpItem::operator=(TmpItem&& other) noexcept {
     if (this != &other) {
@@ -286,6 +309,8 @@ TmpItem& TmpItem::operator=(TmpItem&& other) noexcept {
         id_ = std::move(other.id_);
         dir_ = std::move(other.dir_);
         fd_ = std::exchange(other.fd_, -1);
+        written_ = other.written_;
+        recycled_ = other.recycled_;
     }
     return *this;
 }
@@ -403,10 +428,34 @@ InstanceLock::~InstanceLock() {
 
 // --- Spool: set-up --------------------------------------------------------------------------
 
+// Delivered items (tmp/<id>.delivered) waiting to be reused, oldest first. Only paths:
+// the directories themselves are on disk.
+class RecycleBin {
+public:
+    bool put(fs::path dir) {
+        std::lock_guard lock(mutex_);
+        if (dirs_.size() >= Spool::kRecycleItems) return false;
+        dirs_.push_back(std::move(dir));
+        return true;
+    }
+    std::optional<fs::path> take() {
+        std::lock_guard lock(mutex_);
+        if (dirs_.empty()) return std::nullopt;
+        fs::path dir = std::move(dirs_.front());
+        dirs_.pop_front();
+        return dir;
+    }
+
+private:
+    std::mutex mutex_;
+    std::deque<fs::path> dirs_;
+};
+
 Spool::Spool(Layout layout)
     : layout_(std::move(layout)),
       pending_sync_(std::make_shared<GroupSync>(layout_.pending, sync_dir)),
-      processing_sync_(std::make_shared<GroupSync>(layout_.processing, sync_dir)) {}
+      processing_sync_(std::make_shared<GroupSync>(layout_.processing, sync_dir)),
+      recycled_(std::make_shared<RecycleBin>()) {}
 
 void Spool::ensure_dirs() const {
     for (const fs::path* dir : {&layout_.tmp, &layout_.pending, &layout_.processing, &layout_.dead}) {
@@ -484,6 +533,26 @@ RecoveryReport Spool::recover(std::int64_t max_interrupted) const {
 
 TmpItem Spool::create(const std::string& id) const {
     const fs::path dir = item_dir(layout_.tmp, id);
+    // Each turn takes one item out of the bin, so this ends.
+    while (auto old = recycled_->take()) {
+        std::error_code ignored;
+        if (::rename(old->c_str(), dir.c_str()) != 0) {
+            fs::remove_all(*old, ignored);
+            continue;
+        }
+        const fs::path message = dir / kMessageFile;
+        const int fd = ::open(message.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) {
+            fs::remove_all(dir, ignored);
+            continue;
+        }
+        TmpItem item;
+        item.id_ = id;
+        item.dir_ = dir;
+        item.fd_ = fd;
+        item.recycled_ = true;
+        return item;
+    }
     if (::mkdir(dir.c_str(), kDirMode) != 0) throw_errno("mkdir", dir);
     const fs::path message = dir / kMessageFile;
     const int fd = ::open(message.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kFileMode);
@@ -502,6 +571,14 @@ TmpItem Spool::create(const std::string& id) const {
 void Spool::append(TmpItem& item, std::string_view bytes) const {
     if (!item.valid()) throw_error(EBADF, "append to", item.dir_ / kMessageFile);
     write_all(item.fd_, bytes, item.dir_ / kMessageFile);
+    item.written_ += bytes.size();
+}
+
+void Spool::seal(TmpItem& item) const {
+    if (!item.valid()) throw_error(EBADF, "seal", item.dir_ / kMessageFile);
+    if (item.recycled_ && ::ftruncate(item.fd_, static_cast<off_t>(item.written_)) != 0) {
+        throw_errno("truncate", item.dir_ / kMessageFile);
+    }
 }
 
 void Spool::commit(TmpItem& item, const Meta& meta) const { commit(item, std::vector<Meta>{meta}); }
@@ -525,6 +602,7 @@ void Spool::commit(TmpItem& item, std::size_t count, const std::function<const M
     }
 
     const fs::path message = item.dir_ / kMessageFile;
+    seal(item);
     fsync_fd(item.fd_, message);
     const int fd = std::exchange(item.fd_, -1);
     if (::close(fd) != 0) throw_errno("close", message);
@@ -538,8 +616,12 @@ void Spool::commit(TmpItem& item, std::size_t count, const std::function<const M
     };
     try {
         // One meta.json at a time: memory does not grow with recipients x header size.
-        write_file_durable(item.dir_ / kMetaFile, to_json(meta_at(0)), O_EXCL);
-        sync_dir(item.dir_);
+        // A recycled item's two entries are durable since its first commit and unchanged:
+        // both files are rewritten in place, and the directory needs no fsync.
+        if (!item.recycled_ || !overwrite_file_durable(item.dir_ / kMetaFile, to_json(meta_at(0)))) {
+            write_file_durable(item.dir_ / kMetaFile, to_json(meta_at(0)), O_EXCL);
+            sync_dir(item.dir_);
+        }
         for (std::size_t i = 1; i < count; ++i) {
             const Meta& meta = meta_at(i);
             const fs::path sibling = item_dir(layout_.tmp, meta.id);
@@ -680,7 +762,7 @@ void Spool::remove(const std::string& id) const {
     const fs::path doomed = layout_.tmp / (id + ".delivered");
     if (::rename(dir.c_str(), doomed.c_str()) == 0) {
         std::error_code ignored;  // already out of processing/: the delivery is settled
-        fs::remove_all(doomed, ignored);
+        if (!recycle(doomed)) fs::remove_all(doomed, ignored);
         // Make the removal durable too, or a crash could bring a delivered item back
         // (to be delivered twice). Best effort: the delivery itself has succeeded.
         try {
@@ -690,6 +772,32 @@ void Spool::remove(const std::string& id) const {
         return;
     }
     remove_tree(dir);  // e.g. tmp/ on another filesystem, or a stale leftover in the way
+}
+
+bool Spool::recycle(const fs::path& delivered) const {
+    struct stat message {};
+    struct stat meta {};
+    // Only a small item whose message.eml no sibling shares (WEBHOOK_RECIPIENT_MODE=each
+    // links it): it is overwritten in place when reused.
+    if (::lstat((delivered / kMessageFile).c_str(), &message) != 0 || !S_ISREG(message.st_mode) ||
+        message.st_nlink != 1 || static_cast<std::uint64_t>(message.st_size) > kRecycleMaxBytes) {
+        return false;
+    }
+    if (::lstat((delivered / kMetaFile).c_str(), &meta) != 0 || !S_ISREG(meta.st_mode)) return false;
+    try {
+        return recycled_->put(delivered);
+    } catch (...) {
+        return false;  // bad_alloc: removed instead
+    }
+}
+
+void Spool::drop_recycled() const noexcept {
+    try {
+        std::error_code ignored;
+        while (auto dir = recycled_->take()) fs::remove_all(*dir, ignored);
+    } catch (...) {
+        // what is left in tmp/ goes at the next start-up
+    }
 }
 
 void Spool::release(const std::string& id, const Meta& meta) const {

@@ -238,7 +238,7 @@ TEST_F(SpoolDamage, SecondInstanceExitsAndTheFirstLosesNothing) {
     const std::string data = encode_data(sized_message("across the second start", 64 * 1024));
     const std::size_t half = data.size() / 2;
     ASSERT_TRUE(mid->send_raw(std::string_view(data).substr(0, half)));
-    EXPECT_TRUE(wait_until([&] { return !list_dir(tmp_spool_dir()).empty(); }, Ms(5000)));
+    EXPECT_TRUE(wait_until([&] { return !tmp_items().empty(); }, Ms(5000)));
     wait_until([&] { return !list_dir(processing_dir()).empty(); }, Ms(5000));
     const std::size_t in_processing = list_dir(processing_dir()).size();
     std::vector<std::string> in_data;  // the session's tmp/<id> (not "<id>.delivered" leftovers)

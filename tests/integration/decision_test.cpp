@@ -55,7 +55,7 @@ protected:
         EXPECT_TRUE(list_dir(pending_dir()).empty()) << where << ": pending/ holds " << list_dir(pending_dir()).size();
         EXPECT_TRUE(list_dir(processing_dir()).empty()) << where << ": processing/ holds "
                                                         << list_dir(processing_dir()).size();
-        EXPECT_TRUE(list_dir(tmp_spool_dir()).empty()) << where << ": tmp/ holds " << list_dir(tmp_spool_dir()).size();
+        EXPECT_TRUE(tmp_items().empty()) << where << ": tmp/ holds " << tmp_items().size();
     }
 
     // The decision request for a message, parsed keeping key order.
@@ -112,7 +112,7 @@ TEST_F(DecisionTest, AllowCommitsAndDeliversAfterAnExactMinimalRequest) {
             id = nlohmann::json::parse(request.body)["message"]["id"].get<std::string>();
         } catch (const std::exception&) {
         }
-        const auto tmp = list_dir(tmp_spool_dir());
+        const auto tmp = tmp_items();
         const auto pending = list_dir(pending_dir());
         seen_in_tmp = std::find(tmp.begin(), tmp.end(), id) != tmp.end();
         seen_in_pending = std::find(pending.begin(), pending.end(), id) != pending.end();
@@ -523,7 +523,7 @@ TEST_F(DecisionTest, ShutdownWhileWaitingForADecisionKeepsTheReplyTruthful) {
     } else {
         expect_spool_empty("a refused message");
     }
-    EXPECT_TRUE(list_dir(tmp_spool_dir()).empty());
+    EXPECT_TRUE(tmp_items().empty());
 }
 
 // --- with WEBHOOK_RECIPIENT_MODE=each --------------------------------------------------------------

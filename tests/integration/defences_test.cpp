@@ -169,8 +169,8 @@ TEST_F(DefencesTest, IdleInsideDataGets421AndNothingIsKept) {
         EXPECT_LT(ms_since(start), 3000);
         EXPECT_TRUE(client->wait_closed());
     }
-    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 5s))
-        << "tmp/ still holds " << list_dir(tmp_spool_dir()).size() << " item(s)";
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, 5s))
+        << "tmp/ still holds " << tmp_items().size() << " item(s)";
     EXPECT_TRUE(list_dir(pending_dir()).empty());
     // A message sent afterwards is the only one ever delivered.
     auto client = ready(5s);
@@ -234,7 +234,7 @@ TEST_F(DefencesTest, HeaderSectionOverTheByteBoundIs552) {
     ASSERT_LT(fits.find("\r\n\r\n"), 1600u);
     expect_delivered(*client, fits);
     EXPECT_EQ(hook_.count(), 1u);
-    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 5s));
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, 5s));
 }
 
 TEST_F(DefencesTest, HeaderSectionOverTheLineBoundIs552) {
@@ -271,7 +271,7 @@ TEST_F(DefencesTest, MessageOverMaxBytesIs552AndNothingIsKept) {
     // The session goes on.
     expect_delivered(*client, simple_message("small"));
     EXPECT_EQ(hook_.count(), 1u);
-    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 5s));
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, 5s));
 }
 
 // --- error limit and garbage ---------------------------------------------------------------
@@ -376,7 +376,7 @@ TEST_F(DefencesTest, SlowDripInsideDataIsDropped) {
     EXPECT_TRUE(reply.code == 421 || reply.code == 0 || reply.error.find("reset") != std::string::npos) << reply;
     EXPECT_LT(ms_since(start), 4000);
     EXPECT_TRUE(client->wait_closed());
-    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 5s));
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, 5s));
     EXPECT_EQ(hook_.count(), 0u);
 }
 
@@ -627,8 +627,8 @@ TEST_F(DefencesTest, TenThousandGarbageSessionsLeaveTheDaemonServing) {
     client.reset();
     EXPECT_TRUE(request_for(id).has_value());
     // Every cut-off DATA was cleaned up.
-    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 10s))
-        << "tmp/ still holds " << list_dir(tmp_spool_dir()).size() << " item(s)";
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, 10s))
+        << "tmp/ still holds " << tmp_items().size() << " item(s)";
     // No connection slot leaked: 100 sessions from this address can be open at once again.
     std::vector<std::unique_ptr<SmtpClient>> held;
     const bool all_accepted = wait_until(

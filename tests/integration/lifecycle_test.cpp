@@ -98,7 +98,7 @@ TEST_F(LifecycleTest, CommitFailureAnswers451KeepsTheSessionAndLeavesNothingBehi
     EXPECT_TRUE(queued_id(failed).empty()) << failed;
 
     // Nothing half-received stays in tmp/ and nothing was published.
-    EXPECT_TRUE(list_dir(tmp_spool_dir()).empty()) << "tmp/ holds " << list_dir(tmp_spool_dir()).size()
+    EXPECT_TRUE(tmp_items().empty()) << "tmp/ holds " << tmp_items().size()
                                                    << " entries after the 451";
     EXPECT_EQ(read_file(pending_dir()), "in the way");
 
@@ -123,7 +123,7 @@ TEST_F(LifecycleTest, CommitFailureAnswers451KeepsTheSessionAndLeavesNothingBehi
     EXPECT_TRUE(spool_drains());
     EXPECT_EQ(hook_.count(), 1u) << "the message answered 451 must never be posted";
     // (A delivered item passes through tmp/<id>.delivered on its way out: wait for that.)
-    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 5s));
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, 5s));
 }
 
 // --- signals ----------------------------------------------------------------------------------------

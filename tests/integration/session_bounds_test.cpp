@@ -244,8 +244,8 @@ TEST_F(SessionBoundsTest, StalledHeaderFloodDoesNotGrowTheDaemon) {
     EXPECT_TRUE(split->rest == payload + end.substr(0, end.size() - 3)) << "body-mime differs from what was sent";
 
     clients.clear();  // the others go away: their items are discarded
-    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 30s))
-        << "tmp/ still holds " << list_dir(tmp_spool_dir()).size() << " item(s)";
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, 30s))
+        << "tmp/ still holds " << tmp_items().size() << " item(s)";
     EXPECT_TRUE(daemon().running());
 }
 
@@ -295,7 +295,7 @@ TEST_F(SessionBoundsTest, HeaderBoundsAcrossStallsAreExact) {
     const Reply over = send_slowly("X: 1\r\n" + exact);
     EXPECT_EQ(over.code, 552) << "2006 bytes of header section with SMTP_MAX_HEADER_BYTES=2000: " << over;
     EXPECT_EQ(client->cmd("NOOP").code, 250);
-    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 5s));
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, 5s));
     EXPECT_EQ(hook_.count(), 1u);
 }
 
@@ -324,7 +324,7 @@ TEST_F(SessionBoundsTest, DecisionSlowerThanTheSessionBoundGets421AtTheBound) {
     EXPECT_TRUE(client->wait_closed());
     EXPECT_EQ(decider.count(), 1u) << "the decision API was asked";
     // Nothing was taken: not queued, not left in tmp/, never posted.
-    EXPECT_TRUE(wait_until([&] { return list_dir(tmp_spool_dir()).empty(); }, 5s));
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, 5s));
     EXPECT_TRUE(list_dir(pending_dir()).empty());
     EXPECT_TRUE(list_dir(processing_dir()).empty());
     EXPECT_FALSE(hook_.wait_for(1, 500ms)) << "a message answered 421 was delivered";

@@ -269,8 +269,11 @@ def send_corpus(port, files):
 # ----------------------------------------------------------------------------- spool
 
 def spool_items(spool, state):
+    """Item directories in one state. tmp/<id>.delivered is a delivered item on its way
+    out or kept for reuse, not a message."""
     d = spool / state
-    return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+    return sorted(p.name for p in d.iterdir()
+                  if p.is_dir() and not p.name.endswith(".delivered")) if d.is_dir() else []
 
 
 def read_meta(item_dir):

@@ -40,6 +40,12 @@ mode_t mode_of(const fs::path& path) {
     return st.st_mode & 07777;
 }
 
+struct stat stat_of(const fs::path& path) {
+    struct stat st {};
+    EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+    return st;
+}
+
 std::set<std::string> entries(const fs::path& dir) {
     std::set<std::string> names;
     for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
@@ -648,14 +654,96 @@ TEST_F(SpoolTest, DeadLetterNeverOverwritesAnEarlierDeadItem) {
     EXPECT_EQ(slurp(layout().dead / "same.2/error.txt"), "third\n");
 }
 
-TEST_F(SpoolTest, RemoveDeletesTheDeliveredItem) {
+TEST_F(SpoolTest, RemoveTakesTheDeliveredItemOutOfProcessingAndKeepsASmallOneForReuse) {
     const std::string id = receive();
     ASSERT_TRUE(spool().claim(id));
     spool().remove(id);
     EXPECT_TRUE(entries(layout().processing).empty());
+    EXPECT_TRUE(entries(layout().pending).empty());
+    EXPECT_EQ(entries(layout().tmp), std::set<std::string>{id + ".delivered"});
+    EXPECT_NO_THROW(spool().remove(id));  // already gone
+
+    spool().drop_recycled();  // a graceful stop leaves nothing in tmp/
+    EXPECT_TRUE(entries(layout().tmp).empty());
+}
+
+TEST_F(SpoolTest, ALargeDeliveredItemIsRemovedAtOnce) {
+    const std::string id = receive(std::string(Spool::kRecycleMaxBytes + 1, 'x'));
+    ASSERT_TRUE(spool().claim(id));
+    spool().remove(id);
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_TRUE(entries(layout().processing).empty());
+}
+
+TEST_F(SpoolTest, RecycledItemHoldsOnlyTheNewMessageAndMeta) {
+    // The old message and meta are longer than the new ones: nothing of them may remain.
+    const std::string old_id = receive("Subject: old\r\n\r\n" + std::string(5000, 'o'));
+    const ino_t old_inode = stat_of(layout().pending / old_id / "message.eml").st_ino;
+    ASSERT_TRUE(spool().claim(old_id));
+    spool().remove(old_id);
+
+    const std::string id = new_id();
+    g_fsyncs.clear();
+    g_pending_item = layout().pending / id;
+    TmpItem item = spool().create(id);
+    EXPECT_TRUE(item.recycled());
+    EXPECT_EQ(item.dir(), layout().tmp / id);
+    spool().append(item, "Subject: new\r\n\r\n");
+    spool().append(item, "short");
+    spool().seal(item);  // what the session does before reading the message back
+    EXPECT_EQ(slurp(layout().tmp / id / "message.eml"), "Subject: new\r\n\r\nshort");
+    Meta meta = meta_for(id);
+    meta.recipients = {"<a@example.com>"};
+    fault_injection::set_fsync_hook(&record_fsync);
+    spool().commit(item, meta);
+    fault_injection::set_fsync_hook(nullptr);
+
+    const fs::path dir = layout().pending / id;
+    EXPECT_TRUE(entries(layout().tmp).empty());
+    EXPECT_EQ(entries(dir), (std::set<std::string>{"message.eml", "meta.json"}));
+    EXPECT_EQ(slurp(dir / "message.eml"), "Subject: new\r\n\r\nshort");
+    EXPECT_EQ(slurp(dir / "meta.json"), to_json(meta));
+    EXPECT_EQ(stat_of(dir / "message.eml").st_ino, old_inode) << "the delivered item's file was not reused";
+    EXPECT_EQ(mode_of(dir), 0700u);
+    EXPECT_EQ(mode_of(dir / "message.eml"), 0600u);
+    EXPECT_EQ(mode_of(dir / "meta.json"), 0600u);
+    // Both files are fsynced before the rename and pending/ after it; the item directory's
+    // entries did not change, so it needs no fsync.
+    std::vector<fs::path> seen;
+    for (const auto& record : g_fsyncs) seen.push_back(record.path);
+    EXPECT_EQ(seen, (std::vector<fs::path>{layout().tmp / id / "message.eml", layout().tmp / id / "meta.json",
+                                           layout().pending}));
+}
+
+TEST_F(SpoolTest, DiscardOfARecycledItemRemovesIt) {
+    const std::string old_id = receive();
+    ASSERT_TRUE(spool().claim(old_id));
+    spool().remove(old_id);
+    TmpItem item = spool().create(new_id());
+    ASSERT_TRUE(item.recycled());
+    spool().append(item, "x");
+    spool().discard(item);
     EXPECT_TRUE(entries(layout().tmp).empty());
     EXPECT_TRUE(entries(layout().pending).empty());
-    EXPECT_NO_THROW(spool().remove(id));  // already gone
+}
+
+TEST_F(SpoolTest, TheRecycleBinIsBounded) {
+    std::vector<std::string> ids;
+    for (std::size_t i = 0; i < Spool::kRecycleItems + 3; ++i) ids.push_back(receive());
+    for (const auto& id : ids) {
+        ASSERT_TRUE(spool().claim(id));
+        spool().remove(id);
+    }
+    EXPECT_EQ(entries(layout().tmp).size(), Spool::kRecycleItems);
+    // Each create takes one, then creates afresh once the bin is empty.
+    std::size_t recycled = 0;
+    for (std::size_t i = 0; i < Spool::kRecycleItems + 2; ++i) {
+        TmpItem item = spool().create(new_id());
+        recycled += item.recycled() ? 1 : 0;
+        spool().discard(item);
+    }
+    EXPECT_EQ(recycled, Spool::kRecycleItems);
+    EXPECT_TRUE(entries(layout().tmp).empty());
 }
 
 TEST_F(SpoolTest, AdoptsAnItemWrittenByHarakaWebhook) {
@@ -739,12 +827,6 @@ std::vector<std::string> read_pending_meta_recipients(const Spool& spool, const 
     return spool.read_pending_meta(id).recipients;
 }
 
-struct stat stat_of(const fs::path& path) {
-    struct stat st {};
-    EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
-    return st;
-}
-
 TEST_F(SpoolTest, CommitWithThreeMetasPublishesThreeItemsSharingOneMessage) {
     const std::string id = new_id();
     const std::vector<std::string> ids{id, new_id(), new_id()};
@@ -778,6 +860,8 @@ TEST_F(SpoolTest, CommitWithThreeMetasPublishesThreeItemsSharingOneMessage) {
     spool().remove(ids[1]);
     EXPECT_EQ(slurp(layout().pending / id / "message.eml"), body);
     EXPECT_EQ(stat_of(layout().pending / ids[2] / "message.eml").st_nlink, 2u);
+    // A shared message.eml is never recycled (it would be overwritten under the others).
+    EXPECT_TRUE(entries(layout().tmp).empty());
 }
 
 TEST_F(SpoolTest, CommitWithOneMetaInAVectorIsAPlainCommit) {

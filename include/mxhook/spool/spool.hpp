@@ -10,6 +10,7 @@
 #include "mxhook/spool/meta.hpp"
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -51,13 +52,20 @@ public:
     const std::string& id() const { return id_; }
     const std::filesystem::path& dir() const { return dir_; }
     bool valid() const { return fd_ >= 0; }
+    // Made from a recycled delivered item (Spool::create): its files are overwritten in
+    // place, so message.eml may hold old bytes past what was appended until Spool::seal.
+    bool recycled() const { return recycled_; }
 
 private:
     friend class Spool;
     std::string id_;
     std::filesystem::path dir_;
     int fd_ = -1;
+    std::uint64_t written_ = 0;  // bytes appended to message.eml
+    bool recycled_ = false;
 };
+
+class RecycleBin;
 
 struct RecoveryReport {
     std::size_t requeued = 0;      // processing/* moved back to pending/
@@ -138,10 +146,15 @@ public:
     RecoveryReport recover(std::int64_t max_interrupted = 3) const;
 
     // --- receiving (smtp session) ---
-    // mkdir tmp/<id>, create message.eml exclusively.
+    // tmp/<id> with message.eml open for writing: a recycled delivered item renamed to
+    // tmp/<id> when there is one (no inode is allocated, no directory entry is made),
+    // else mkdir tmp/<id> and create message.eml exclusively.
     TmpItem create(const std::string& id) const;
     // Appends all bytes to message.eml (retrying short writes). Throws SpoolError.
     void append(TmpItem& item, std::string_view bytes) const;
+    // Cuts message.eml to the bytes appended (a recycled item's file may be longer).
+    // Call before reading the file back; commit() does it too. Throws SpoolError.
+    void seal(TmpItem& item) const;
     // Writes meta.json, fsyncs both files and tmp/<id>/, renames tmp/<id> to
     // pending/<id>, fsyncs pending/. After it returns the message is durable.
     // On any failure throws SpoolError and the item is left for discard().
@@ -184,8 +197,15 @@ public:
     // is, for start-up recovery. Returns how many moved. Throws SpoolError.
     std::size_t unclaim_all() const;
     std::filesystem::path processing_message(const std::string& id) const;
-    // Delivered: remove processing/<id>.
+    // Delivered: processing/<id> leaves processing/ (renamed to tmp/<id>.delivered, then
+    // processing/ fsynced). A small item (message.eml of at most kRecycleMaxBytes and not
+    // shared with a sibling) is kept there for create() to reuse, up to kRecycleItems of
+    // them; anything else is removed at once.
     void remove(const std::string& id) const;
+    // Removes every recycled item (at a graceful stop). Never throws.
+    void drop_recycled() const noexcept;
+    static constexpr std::size_t kRecycleItems = 256;
+    static constexpr std::uint64_t kRecycleMaxBytes = 64 * 1024;
     // Retry later: rewrite meta.json durably, rename to pending/<id>, fsync pending/.
     void release(const std::string& id, const Meta& meta) const;
     // Permanent failure: rewrite meta.json durably (when meta given), rename to
@@ -197,6 +217,13 @@ private:
     // Commits and claims from several pool threads share fsyncs of these directories.
     std::shared_ptr<GroupSync> pending_sync_;
     std::shared_ptr<GroupSync> processing_sync_;
+    // Delivered items kept for reuse. On ext4 (and most filesystems) a new inode and
+    // directory entry cost more than overwriting a file in place; on ext4 without a journal
+    // every inode allocation also skips the ones freed in the last 30 s, so a spool that
+    // deletes what it delivers makes its own commits slower and slower.
+    std::shared_ptr<RecycleBin> recycled_;
+
+    bool recycle(const std::filesystem::path& delivered) const;
 };
 
 // Fault injection for unit tests only: the failures that matter most (a failed fsync after

@@ -180,15 +180,16 @@ std::optional<WebhookRequest> IntegrationTest::request_for(const std::string& id
 }
 
 bool IntegrationTest::spool_drains(std::chrono::milliseconds timeout) {
-    const auto removing_delivered = [&] {
-        for (const auto& name : list_dir(tmp_spool_dir())) {
-            if (name.ends_with(".delivered")) return true;
-        }
-        return false;
-    };
-    return wait_until(
-        [&] { return list_dir(pending_dir()).empty() && list_dir(processing_dir()).empty() && !removing_delivered(); },
-        timeout);
+    return wait_until([&] { return list_dir(pending_dir()).empty() && list_dir(processing_dir()).empty(); },
+                      timeout);
+}
+
+std::vector<std::string> IntegrationTest::tmp_items() const {
+    std::vector<std::string> items;
+    for (auto& name : list_dir(tmp_spool_dir())) {
+        if (!name.ends_with(".delivered")) items.push_back(std::move(name));
+    }
+    return items;
 }
 
 std::optional<nlohmann::json> IntegrationTest::read_meta(const std::filesystem::path& item_dir) {

@@ -80,10 +80,13 @@ protected:
     std::optional<WebhookRequest> request_for(const std::string& id,
                                               std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
-    // True when pending/ and processing/ are both empty and no delivered item is still being
-    // removed from tmp/ (waits, bounded). A delivered item passes through tmp/<id>.delivered
-    // after the webhook's 2xx, so "the webhook got it" does not yet mean "the spool is empty".
+    // True when pending/ and processing/ are both empty (waits, bounded).
     bool spool_drains(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+    // Entries of tmp/ that are messages being received, i.e. all but "<id>.delivered": a
+    // delivered item passes through that name on its way out, and small ones stay there
+    // for reuse (spool::Spool::remove).
+    std::vector<std::string> tmp_items() const;
 
     // meta.json of an item, parsed; nullopt while it is missing or being replaced.
     static std::optional<nlohmann::json> read_meta(const std::filesystem::path& item_dir);
