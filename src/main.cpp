@@ -80,6 +80,11 @@ int run(const Config& config) {
         spdlog::info("spool: removed {} {}", name.ends_with(".delivered") ? "delivered" : "unacknowledged",
                      (config.spool_tmp_dir / name).string());
     }
+    for (const auto& name : recovered.aliased_tmp_names) {
+        spdlog::error("spool: left {} alone: it is another name of an item directory in pending/, processing/ or "
+                      "dead/ (the filesystem lost half of a rename in a crash); check the filesystem with fsck",
+                      (config.spool_tmp_dir / name).string());
+    }
     for (const auto& name : recovered.foreign_tmp_names) {
         spdlog::warn("spool: left {} alone: not a name mxhook gives its items",
                      (config.spool_tmp_dir / name).string());

@@ -17,9 +17,11 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <utility>
 
 #include <dirent.h>
@@ -463,14 +465,41 @@ void Spool::ensure_dirs() const {
     }
 }
 
+namespace {
+
+// (st_dev, st_ino) of every entry of the directories, for recover()'s alias check.
+std::set<std::pair<dev_t, ino_t>> inodes_in(std::initializer_list<const fs::path*> dirs) {
+    std::set<std::pair<dev_t, ino_t>> inodes;
+    for (const fs::path* dir : dirs) {
+        for (const std::string& name : list_dir(*dir, Entries::all)) {
+            struct stat st {};
+            if (::lstat((*dir / name).c_str(), &st) == 0) inodes.emplace(st.st_dev, st.st_ino);
+        }
+    }
+    return inodes;
+}
+
+}  // namespace
+
 RecoveryReport Spool::recover(std::int64_t max_interrupted) const {
     RecoveryReport report;
     // tmp/ first: it holds only what was never acknowledged (or already delivered), and
     // clearing it frees space for the meta.json rewrites below when the disk is full.
+    std::optional<std::set<std::pair<dev_t, ino_t>>> acknowledged;  // listed when needed
     for (const std::string& name : list_dir(layout_.tmp, Entries::all)) {
         if (!is_item_name(name)) {
             report.foreign_tmp_names.push_back(name);
             continue;
+        }
+        // A rename out of tmp/ whose removal of the old name was lost in a crash leaves
+        // two names for one item directory; the acknowledged one must keep its files.
+        struct stat st {};
+        if (::lstat((layout_.tmp / name).c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+            if (!acknowledged) acknowledged = inodes_in({&layout_.pending, &layout_.processing, &layout_.dead});
+            if (acknowledged->contains({st.st_dev, st.st_ino})) {
+                report.aliased_tmp_names.push_back(name);
+                continue;
+            }
         }
         remove_tree(layout_.tmp / name);
         report.removed_tmp_names.push_back(name);

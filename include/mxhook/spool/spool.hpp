@@ -79,6 +79,11 @@ struct RecoveryReport {
     // names the spool makes (a misconfigured SPOOL_TMP_DIR must not cost anyone's files).
     std::vector<std::string> removed_tmp_names;
     std::vector<std::string> foreign_tmp_names;
+    // tmp/ entries that are another name of a directory in pending/, processing/ or dead/:
+    // a filesystem without a journal (ext4 without one) can lose a rename's removal of the
+    // old name in a crash. Removing them would empty an acknowledged item; they are left
+    // alone for fsck, and logged.
+    std::vector<std::string> aliased_tmp_names;
     // Interruptions that could not be counted (meta.json not rewritable, e.g. a full
     // disk): the item is requeued uncounted and the error kept for the log.
     std::vector<std::string> errors;
