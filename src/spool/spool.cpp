@@ -303,7 +303,8 @@ TmpItem::TmpItem(TmpItem&& other) noexcept
       dir_(std::move(other.dir_)),
       fd_(std::exchange(other.fd_, -1)),
       written_(other.written_),
-      recycled_(other.recycled_) {}
+      recycled_(other.recycled_),
+      sealed_(other.sealed_) {}
 
 TmpItem& TmpItem::operator=(TmpItem&& other) noexcept {
     if (this != &other) {
@@ -313,6 +314,7 @@ TmpItem& TmpItem::operator=(TmpItem&& other) noexcept {
         fd_ = std::exchange(other.fd_, -1);
         written_ = other.written_;
         recycled_ = other.recycled_;
+        sealed_ = other.sealed_;
     }
     return *this;
 }
@@ -601,13 +603,16 @@ void Spool::append(TmpItem& item, std::string_view bytes) const {
     if (!item.valid()) throw_error(EBADF, "append to", item.dir_ / kMessageFile);
     write_all(item.fd_, bytes, item.dir_ / kMessageFile);
     item.written_ += bytes.size();
+    item.sealed_ = false;
 }
 
 void Spool::seal(TmpItem& item) const {
     if (!item.valid()) throw_error(EBADF, "seal", item.dir_ / kMessageFile);
-    if (item.recycled_ && ::ftruncate(item.fd_, static_cast<off_t>(item.written_)) != 0) {
+    if (!item.recycled_ || item.sealed_) return;  // the session seals, then commits: once is enough
+    if (::ftruncate(item.fd_, static_cast<off_t>(item.written_)) != 0) {
         throw_errno("truncate", item.dir_ / kMessageFile);
     }
+    item.sealed_ = true;
 }
 
 void Spool::commit(TmpItem& item, const Meta& meta) const { commit(item, std::vector<Meta>{meta}); }

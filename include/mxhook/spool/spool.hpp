@@ -63,6 +63,7 @@ private:
     int fd_ = -1;
     std::uint64_t written_ = 0;  // bytes appended to message.eml
     bool recycled_ = false;
+    bool sealed_ = false;  // message.eml cut to written_ since the last append
 };
 
 class RecycleBin;
