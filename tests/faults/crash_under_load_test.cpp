@@ -24,15 +24,6 @@ class CrashUnderLoad : public FaultTest {};
 constexpr int kClients = 8;
 constexpr int kKills = 12;
 
-// Names in tmp/ of sessions that are in DATA (not the "<id>.delivered" leftovers of removals).
-std::size_t in_data(const std::filesystem::path& tmp) {
-    std::size_t n = 0;
-    for (const auto& name : list_dir(tmp)) {
-        if (name.find('.') == std::string::npos) ++n;
-    }
-    return n;
-}
-
 TEST_F(CrashUnderLoad, EveryAcknowledgedMessageArrivesAfterRepeatedSigkill) {
     scenario_ = "CrashUnderLoad";
     // The webhook is slow, so that POSTs overlap and a kill finds some in flight.
@@ -113,7 +104,7 @@ TEST_F(CrashUnderLoad, EveryAcknowledgedMessageArrivesAfterRepeatedSigkill) {
             wait_until([&] { return hook_in_flight.load() > 0; }, Ms(5000), Ms(2));
             std::this_thread::sleep_for(Ms(std::uniform_int_distribution<int>(0, 40)(rng)));
         } else if (mode == 1) {  // while a session is in DATA
-            wait_until([&] { return in_data(tmp_spool_dir()) > 0; }, Ms(5000), Ms(1));
+            wait_until([&] { return tmp_items().size() > 0; }, Ms(5000), Ms(1));
         } else {  // at a random instant
             std::this_thread::sleep_for(Ms(std::uniform_int_distribution<int>(0, 600)(rng)));
         }
@@ -129,7 +120,7 @@ TEST_F(CrashUnderLoad, EveryAcknowledgedMessageArrivesAfterRepeatedSigkill) {
             },
             Ms(5000), Ms(1));
         const int posts = hook_in_flight.load();
-        const std::size_t data = in_data(tmp_spool_dir());
+        const std::size_t data = tmp_items().size();
         note_rss();
         daemon().kill9();
         port = 0;

@@ -419,13 +419,8 @@ TEST_F(HostileClients, HonestSenderIsServedAndMemoryStaysBounded) {
     fleet.stop();
     fleet.close_all();
     join_drippers.join();
-    auto in_data = [&] {
-        std::size_t n = 0;
-        for (const auto& name : list_dir(tmp_spool_dir())) n += name.find('.') == std::string::npos;
-        return n;
-    };
-    EXPECT_TRUE(wait_until([&] { return in_data() == 0; }, Ms(30000), Ms(100)))
-        << "tmp/ still holds " << in_data() << " partial message(s) 30 s after their clients left";
+    EXPECT_TRUE(wait_until([&] { return tmp_items().empty(); }, Ms(30000), Ms(100)))
+        << "tmp/ still holds " << tmp_items().size() << " partial message(s) 30 s after their clients left";
 
     const auto acked = ledger.ids();
     EXPECT_TRUE(wait_settled(acked, Ms(30000)));

@@ -241,10 +241,7 @@ TEST_F(SpoolDamage, SecondInstanceExitsAndTheFirstLosesNothing) {
     EXPECT_TRUE(wait_until([&] { return !tmp_items().empty(); }, Ms(5000)));
     wait_until([&] { return !list_dir(processing_dir()).empty(); }, Ms(5000));
     const std::size_t in_processing = list_dir(processing_dir()).size();
-    std::vector<std::string> in_data;  // the session's tmp/<id> (not "<id>.delivered" leftovers)
-    for (const auto& name : list_dir(tmp_spool_dir())) {
-        if (name.find('.') == std::string::npos) in_data.push_back(name);
-    }
+    const std::vector<std::string> in_data = tmp_items();  // the session's tmp/<id>
     const std::size_t in_tmp = in_data.size();
 
     // The second instance: same spool, its own port (so only the spool can be the reason).
