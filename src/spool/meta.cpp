@@ -50,79 +50,82 @@ std::string quoted(std::string_view key) {
     return out;
 }
 
-const Json* find(const Json& object, std::string_view key) {
+Json* find(Json& object, std::string_view key) {
     auto it = object.find(key);
     return it == object.end() ? nullptr : &*it;
 }
 
-std::string required_string(const Json& object, std::string_view key) {
-    const Json* value = find(object, key);
+// The parsed document is thrown away after reading: strings are moved out of it, not copied.
+std::string take_string(Json& value) { return std::move(value.get_ref<std::string&>()); }
+
+std::string required_string(Json& object, std::string_view key) {
+    Json* value = find(object, key);
     if (value == nullptr) fail(quoted(key) + " is missing");
     if (!value->is_string()) fail(quoted(key) + " must be a string");
-    return value->get<std::string>();
+    return take_string(*value);
 }
 
 // haraka-webhook always writes these as strings, but "" and a missing or null field mean
 // the same thing to every reader, so accept all three.
-std::string optional_string(const Json& object, std::string_view key, std::string_view where = {}) {
-    const Json* value = find(object, key);
+std::string optional_string(Json& object, std::string_view key, std::string_view where = {}) {
+    Json* value = find(object, key);
     if (value == nullptr || value->is_null()) return {};
     if (!value->is_string()) fail(std::string(where) + quoted(key) + " must be a string");
-    return value->get<std::string>();
+    return take_string(*value);
 }
 
-Clock::time_point time_from(const Json& value, std::string_view key) {
+Clock::time_point time_from(Json& value, std::string_view key) {
     if (!value.is_string()) fail(quoted(key) + " must be an ISO-8601 string");
     auto parsed = parse_iso8601(value.get_ref<const std::string&>());
     if (!parsed) fail(quoted(key) + " is not a valid ISO-8601 time: " + value.get<std::string>());
     return *parsed;
 }
 
-std::optional<Clock::time_point> optional_time(const Json& object, std::string_view key) {
-    const Json* value = find(object, key);
+std::optional<Clock::time_point> optional_time(Json& object, std::string_view key) {
+    Json* value = find(object, key);
     if (value == nullptr || value->is_null()) return std::nullopt;
     return time_from(*value, key);
 }
 
-std::int64_t read_attempts(const Json& object) {
-    const Json* value = find(object, "attempts");
+std::int64_t read_attempts(Json& object) {
+    Json* value = find(object, "attempts");
     if (value == nullptr || value->is_null()) return 0;
     if (value->is_number_integer()) return value->get<std::int64_t>();  // signed or unsigned
     fail("\"attempts\" must be an integer");
 }
 
-std::vector<std::string> read_recipients(const Json& object) {
-    const Json* value = find(object, "recipients");
+std::vector<std::string> read_recipients(Json& object) {
+    Json* value = find(object, "recipients");
     if (value == nullptr) fail("\"recipients\" is missing");
     if (!value->is_array()) fail("\"recipients\" must be an array of strings");
     std::vector<std::string> recipients;
     recipients.reserve(value->size());
     for (std::size_t i = 0; i < value->size(); ++i) {
-        const Json& r = (*value)[i];
+        Json& r = (*value)[i];
         if (!r.is_string()) fail("\"recipients\"[" + std::to_string(i) + "] must be a string");
-        recipients.push_back(r.get<std::string>());
+        recipients.push_back(take_string(r));
     }
     return recipients;
 }
 
-mail::Headers read_headers(const Json& object) {
-    const Json* value = find(object, "headers");
+mail::Headers read_headers(Json& object) {
+    Json* value = find(object, "headers");
     if (value == nullptr || value->is_null()) return {};
     if (!value->is_array()) fail("\"headers\" must be an array of [name, value] pairs");
     mail::Headers headers;
     headers.reserve(value->size());
     for (std::size_t i = 0; i < value->size(); ++i) {
-        const Json& h = (*value)[i];
+        Json& h = (*value)[i];
         if (!h.is_array() || h.size() != 2 || !h[0].is_string() || !h[1].is_string()) {
             fail("\"headers\"[" + std::to_string(i) + "] must be a [name, value] pair of strings");
         }
-        headers.emplace_back(h[0].get<std::string>(), h[1].get<std::string>());
+        headers.emplace_back(take_string(h[0]), take_string(h[1]));
     }
     return headers;
 }
 
-Remote read_remote(const Json& object) {
-    const Json* value = find(object, "remote");
+Remote read_remote(Json& object) {
+    Json* value = find(object, "remote");
     if (value == nullptr || value->is_null()) return {};
     if (!value->is_object()) fail("\"remote\" must be an object");
     return Remote{optional_string(*value, "ip", "\"remote\"."),
@@ -211,7 +214,7 @@ Meta parse_meta(std::string_view json) {
     Meta meta;
     meta.id = required_string(j, "id");
     if (meta.id.empty()) fail("\"id\" is empty");
-    const Json* created = find(j, "createdAt");
+    Json* created = find(j, "createdAt");
     if (created == nullptr) fail("\"createdAt\" is missing");
     meta.created_at = time_from(*created, "createdAt");
     meta.attempts = read_attempts(j);
@@ -223,11 +226,11 @@ Meta parse_meta(std::string_view json) {
     meta.headers = read_headers(j);
     meta.remote = read_remote(j);
     meta.last_attempt_at = optional_time(j, "lastAttemptAt");
-    if (const Json* e = find(j, "lastError"); e != nullptr && !e->is_null()) {
+    if (Json* e = find(j, "lastError"); e != nullptr && !e->is_null()) {
         if (!e->is_string()) fail("\"lastError\" must be a string");
-        meta.last_error = e->get<std::string>();
+        meta.last_error = take_string(*e);
     }
-    if (const Json* n = find(j, "interruptedAttempts"); n != nullptr && !n->is_null()) {
+    if (Json* n = find(j, "interruptedAttempts"); n != nullptr && !n->is_null()) {
         if (!n->is_number_integer() || n->get<std::int64_t>() < 0)
             fail("\"interruptedAttempts\" must be a non-negative integer");
         meta.interrupted_attempts = n->get<std::int64_t>();

@@ -222,6 +222,18 @@ std::shared_ptr<FormBodySource> FormBodySource::open_with(const std::filesystem:
 
 const std::string& FormBodySource::content_type() const { return state_->content_type; }
 
+std::optional<std::string> FormBodySource::take_whole() {
+    State& s = *state_;
+    if (s.next_offset < s.file_size || s.prefix_pos != 0 || s.current_pos != 0) return std::nullopt;
+    std::string whole = std::move(s.prefix);
+    whole.reserve(s.total_size);
+    whole += s.current;
+    whole += s.suffix;
+    s.current.clear();
+    s.suffix.clear();
+    return whole;
+}
+
 FormBodySource::~FormBodySource() = default;
 
 std::uint64_t FormBodySource::size() const { return state_->total_size; }

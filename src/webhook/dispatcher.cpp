@@ -319,6 +319,11 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
     }
     try {
         out.body = FormBodySource::open(fields, config.webhook_encoding, spool.processing_message(id), pool, executor);
+        out.content_type = out.body->content_type();
+        if (auto whole = out.body->take_whole()) {
+            out.body_bytes = std::move(*whole);
+            out.body.reset();  // closes the file
+        }
         out.step = Prepared::ready;
     } catch (const std::exception& e) {
         out.failure = failure_of(e);
@@ -373,12 +378,13 @@ awaitable<void> Dispatcher::attempt(const std::string& id) {
         case Prepared::ready: break;
     }
     const std::string& url = route(config_, meta.recipients);
-    if (prepared.body) {
+    if (prepared.step == Prepared::ready) {
         http::Request request;
         request.url = url;
         request.headers.push_back("X-Mxhook-Id: " + id);
-        request.content_type = prepared.body->content_type();
+        request.content_type = std::move(prepared.content_type);
         request.body = std::move(prepared.body);
+        request.body_bytes = std::move(prepared.body_bytes);
         request.timeout = config_.webhook_timeout;
         response = co_await client_.post(std::move(request));
     }

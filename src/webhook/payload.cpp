@@ -2,7 +2,8 @@
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #include <array>
@@ -57,35 +58,86 @@ std::string make_token() {
     return to_hex(bytes.data(), bytes.size());
 }
 
+namespace {
+
+// HMAC-SHA256 keyed once per thread and copied for each signature: HMAC() fetches the
+// algorithm and sets the key up again on every call, which costs more than the MAC itself.
+class KeyedHmac {
+public:
+    KeyedHmac() = default;
+    KeyedHmac(const KeyedHmac&) = delete;
+    KeyedHmac& operator=(const KeyedHmac&) = delete;
+    ~KeyedHmac() {
+        EVP_MAC_CTX_free(keyed_);
+        EVP_MAC_free(mac_);
+    }
+
+    // A fresh context with `key` set; the caller frees it.
+    EVP_MAC_CTX* start(std::string_view key) {
+        if (keyed_ == nullptr || key != key_) rekey(key);
+        return EVP_MAC_CTX_dup(keyed_);
+    }
+
+private:
+    void rekey(std::string_view key) {
+        if (mac_ == nullptr) mac_ = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+        if (mac_ == nullptr) throw std::runtime_error("HMAC is not available");
+        EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(mac_);
+        char digest[] = "SHA256";
+        const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0), OSSL_PARAM_END};
+        // An empty key is a valid HMAC key; OpenSSL wants a non-null pointer for it.
+        static const unsigned char empty = 0;
+        const auto* key_data = key.empty() ? &empty : reinterpret_cast<const unsigned char*>(key.data());
+        if (ctx == nullptr || EVP_MAC_init(ctx, key_data, key.size(), params) != 1) {
+            EVP_MAC_CTX_free(ctx);
+            throw std::runtime_error("HMAC-SHA256 key setup failed");
+        }
+        EVP_MAC_CTX_free(keyed_);
+        keyed_ = ctx;
+        key_.assign(key);
+    }
+
+    EVP_MAC* mac_ = nullptr;
+    EVP_MAC_CTX* keyed_ = nullptr;
+    std::string key_;
+};
+
+}  // namespace
+
 std::string sign(std::string_view key, std::string_view timestamp, std::string_view token) {
-    std::string data;
-    data.reserve(timestamp.size() + token.size());
-    data += timestamp;
-    data += token;
+    thread_local KeyedHmac hmac;
+    EVP_MAC_CTX* ctx = hmac.start(key);
     unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int digest_size = 0;
-    // HMAC() accepts a NULL key pointer only with length 0; point at something valid anyway.
-    static const unsigned char empty = 0;
-    const void* key_data = key.empty() ? &empty : static_cast<const void*>(key.data());
-    if (HMAC(EVP_sha256(), key_data, static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(data.data()),
-             data.size(), digest, &digest_size) == nullptr)
-        throw std::runtime_error("HMAC-SHA256 failed");
+    std::size_t digest_size = 0;
+    const bool ok = ctx != nullptr &&
+                    EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(timestamp.data()), timestamp.size()) == 1 &&
+                    EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(token.data()), token.size()) == 1 &&
+                    EVP_MAC_final(ctx, digest, &digest_size, sizeof digest) == 1;
+    EVP_MAC_CTX_free(ctx);
+    if (!ok) throw std::runtime_error("HMAC-SHA256 failed");
     return to_hex(digest, digest_size);
 }
 
 void form_encode_append(std::string& out, std::string_view bytes) {
+    // Sized once for the worst case and written through a pointer: the body of every
+    // delivery passes through here, and a push_back per byte costs more than the encoding.
+    const std::size_t start = out.size();
+    out.resize(start + 3 * bytes.size());
+    char* w = out.data() + start;
     for (char ch : bytes) {
         const auto c = static_cast<unsigned char>(ch);
         if (is_unreserved(c)) {
-            out += ch;
+            *w++ = ch;
         } else if (c == ' ') {
-            out += '+';
+            *w++ = '+';
         } else {
-            out += '%';
-            out += hex_upper[c >> 4];
-            out += hex_upper[c & 0xf];
+            w[0] = '%';
+            w[1] = hex_upper[c >> 4];
+            w[2] = hex_upper[c & 0xf];
+            w += 3;
         }
     }
+    out.resize(static_cast<std::size_t>(w - out.data()));
 }
 
 std::string form_encode(std::string_view bytes) {

@@ -64,11 +64,26 @@ TEST_F(PrepareAttemptTest, ReadyItemIsClaimedWithItsBodyOpen) {
     const auto id = queue(meta_for(spool::new_id()));
     auto prepared = prepare(id);
     ASSERT_EQ(prepared.step, Prepared::ready);
-    ASSERT_TRUE(prepared.body);
-    EXPECT_GT(prepared.body->size(), 0u);
+    // A small message: the whole form body is in memory, to be posted in one write.
+    EXPECT_FALSE(prepared.body);
+    EXPECT_EQ(prepared.content_type, "application/x-www-form-urlencoded");
+    EXPECT_NE(prepared.body_bytes.find("&body-mime=Subject%3A+hello%0D%0A%0D%0Abody%0D%0A"), std::string::npos)
+        << prepared.body_bytes;
     EXPECT_EQ(prepared.meta.id, id);
     EXPECT_TRUE(in("processing", id));
     EXPECT_FALSE(in("pending", id));
+}
+
+TEST_F(PrepareAttemptTest, LargeMessageIsStreamedNotHeld) {
+    const auto meta = meta_for(spool::new_id());
+    auto item = spool_->create(meta.id);
+    spool_->append(item, "Subject: big\r\n\r\n" + std::string(100 * 1024, 'x') + "\r\n");
+    spool_->commit(item, meta);
+    auto prepared = prepare(meta.id);
+    ASSERT_EQ(prepared.step, Prepared::ready);
+    ASSERT_TRUE(prepared.body);
+    EXPECT_TRUE(prepared.body_bytes.empty());
+    EXPECT_GT(prepared.body->size(), 100u * 1024);
 }
 
 TEST_F(PrepareAttemptTest, GoneItemIsNothingToDo) {

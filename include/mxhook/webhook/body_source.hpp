@@ -37,6 +37,11 @@ public:
                                                 boost::asio::any_io_executor io);
     // The Content-Type header value for this body.
     const std::string& content_type() const;
+    // When the message fitted in the first read (up to 64 KiB), the whole body is already
+    // in memory: hands it over as one string (the source is spent). Posted from memory, it
+    // goes out with the request headers in one write, without the read-callback path.
+    // Otherwise nullopt, and the source streams as usual.
+    std::optional<std::string> take_whole();
     ~FormBodySource() override;
 
     std::uint64_t size() const override;

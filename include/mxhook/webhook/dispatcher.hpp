@@ -51,7 +51,11 @@ struct Prepared {
     };
     Step step = gone;
     spool::Meta meta;
+    // The request body when ready: streamed from the file (a large message), or whole in
+    // body_bytes (a small one: held in memory, it is posted without a second hand-off).
     std::shared_ptr<FormBodySource> body;
+    std::string body_bytes;
+    std::string content_type;
     Failure failure;
 };
 
