@@ -133,10 +133,11 @@ std::optional<std::uint16_t> parse_port(std::string_view text) {
 
 // The acceptor binds to literal addresses; a host name here would need a resolver at
 // start-up and could silently bind somewhere unexpected, so only IP literals pass.
-ListenAddress parse_listen_item(std::string_view item) {
-    constexpr std::string_view name = "SMTP_LISTEN";
+// "ip:port" or "[ipv6]:port"; when `default_port` is given the port may be left out
+// ("ip", "[ipv6]").
+HostPort parse_host_port(std::string_view name, std::string_view item, std::optional<std::uint16_t> default_port) {
     std::string_view host;
-    std::string_view port;
+    std::optional<std::string_view> port;
     bool ipv6 = false;
     if (!item.empty() && item.front() == '[') {
         auto close = item.find(']');
@@ -144,33 +145,46 @@ ListenAddress parse_listen_item(std::string_view item) {
             fail(name, "IPv6 address is missing its closing ']'", item);
         host = item.substr(1, close - 1);
         auto rest = item.substr(close + 1);
-        if (rest.empty() || rest.front() != ':') fail(name, "expected [address]:port", item);
-        port = rest.substr(1);
+        if (!rest.empty() && rest.front() != ':') fail(name, "expected [address]:port", item);
+        if (!rest.empty()) port = rest.substr(1);
         ipv6 = true;
     } else {
         auto colon = item.rfind(':');
-        if (colon == std::string_view::npos) fail(name, "expected host:port", item);
-        host = item.substr(0, colon);
-        port = item.substr(colon + 1);
+        if (colon == std::string_view::npos) {
+            host = item;
+        } else {
+            host = item.substr(0, colon);
+            port = item.substr(colon + 1);
+        }
         if (host.find(':') != std::string_view::npos)
             fail(name, "an IPv6 address must be written in brackets, e.g. [::1]:25", item);
     }
+    if (!port && !default_port) fail(name, ipv6 ? "expected [address]:port" : "expected host:port", item);
     if (host.empty()) fail(name, "the address is empty", item);
-    auto port_number = parse_port(port);
+    const auto port_number = port ? parse_port(*port) : default_port;
     if (!port_number) fail(name, "port must be a number from 1 to 65535", item);
 
     std::string host_text(host);
     unsigned char buffer[sizeof(struct in6_addr)];
     if (inet_pton(ipv6 ? AF_INET6 : AF_INET, host_text.c_str(), buffer) != 1)
         fail(name, ipv6 ? "not a valid IPv6 address" : "not a valid IPv4 address", item);
-    return ListenAddress{std::move(host_text), *port_number};
+    return HostPort{std::move(host_text), *port_number};
+}
+
+std::vector<HostPort> parse_dns_servers(const Reader& reader) {
+    std::vector<HostPort> out;
+    auto text = reader.get("DNS_SERVERS");
+    if (!text) return out;
+    for (const auto& item : split_list(*text)) out.push_back(parse_host_port("DNS_SERVERS", item, 53));
+    if (out.empty()) fail("DNS_SERVERS", "no server given", *text);
+    return out;
 }
 
 std::vector<ListenAddress> parse_listen(const Reader& reader) {
     auto text = reader.get("SMTP_LISTEN");
     if (!text) return {ListenAddress{"0.0.0.0", 25}};
     std::vector<ListenAddress> out;
-    for (const auto& item : split_list(*text)) out.push_back(parse_listen_item(item));
+    for (const auto& item : split_list(*text)) out.push_back(parse_host_port("SMTP_LISTEN", item, std::nullopt));
     if (out.empty()) fail("SMTP_LISTEN", "no address given", *text);
     return out;
 }
@@ -318,6 +332,7 @@ Config load_config(const EnvLookup& env) {
     Config c;
 
     c.smtp_listen = parse_listen(reader);
+    c.dns_servers = parse_dns_servers(reader);
     c.smtp_hostname = parse_hostname(reader);
     c.smtp_max_message_bytes = reader.count("SMTP_MAX_MESSAGE_BYTES", c.smtp_max_message_bytes);
     c.smtp_max_recipients = reader.count("SMTP_MAX_RECIPIENTS", c.smtp_max_recipients);

@@ -29,8 +29,7 @@ using namespace mxhook;
 
 // PTR lookups run in parallel on their own threads (a dead PTR zone takes the resolver's
 // whole timeout); past this many waiting lookups a new client simply gets no name.
-constexpr std::size_t kReverseDnsThreads = 8;
-constexpr std::size_t kReverseDnsMaxQueued = 256;
+constexpr std::size_t kReverseDnsMaxInFlight = 256;
 
 void setup_logging(const Config& config) {
     auto logger = spdlog::stderr_color_mt("mxhook");
@@ -125,8 +124,8 @@ int run(const Config& config) {
     protocol.max_header_bytes = config.smtp_max_header_bytes;
     protocol.max_header_lines = config.smtp_max_header_lines;
     protocol.tls_available = tls != nullptr;
-    // Client names (PTR) for the trace header and remote.host, off the io thread.
-    smtp::ReverseDns reverse_dns(kReverseDnsThreads, kReverseDnsMaxQueued);
+    // Client names (PTR) for the trace header and remote.host, asked on the io thread.
+    smtp::ReverseDns reverse_dns(io, {kReverseDnsMaxInFlight, config.dns_servers});
     smtp::SessionContext context{config, protocol, spool, pool,
                                  [&dispatcher](const std::string& id) { dispatcher.notify(id); }, &decision,
                                  tls.get(), &reverse_dns};

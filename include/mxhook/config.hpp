@@ -21,10 +21,12 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-struct ListenAddress {
+// An IP address and a port: where to listen, or which server to ask.
+struct HostPort {
     std::string host;  // "0.0.0.0", "::", "127.0.0.1" (IPv6 without brackets)
     std::uint16_t port = 25;
 };
+using ListenAddress = HostPort;
 
 enum class BareLfPolicy { normalize, reject };
 
@@ -100,6 +102,9 @@ struct Config {
     std::chrono::milliseconds retry_max_interval{3600000};   // RETRY_MAX_INTERVAL_MS
     std::chrono::milliseconds max_retry_age{0};              // MAX_RETRY_AGE_MS (0 = for ever)
     std::int64_t max_interrupted_attempts = 3;              // MAX_INTERRUPTED_ATTEMPTS (poison messages)
+
+    // DNS (client names today; sender checks later)
+    std::vector<HostPort> dns_servers;                      // DNS_SERVERS (empty: /etc/resolv.conf)
 
     // Operation
     std::string log_level = "info";                         // LOG_LEVEL: trace debug info warn error critical off

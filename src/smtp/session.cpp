@@ -106,7 +106,7 @@ void Session::shutdown() {
     }
 }
 
-// Looks up the client's reverse-DNS name on the ReverseDns threads while the dialogue
+// Looks up the client's reverse-DNS name (c-ares, on this thread) while the dialogue
 // goes on. DATA waits for the answer only as long as the bound lets it
 // (host_lookup_timer_ expires kReverseLookupBound after the connect).
 void Session::lookup_client_host() {
@@ -117,7 +117,7 @@ void Session::lookup_client_host() {
         return;
     }
     std::weak_ptr<Session> weak = weak_from_this();
-    context_.reverse_dns->lookup(endpoint.address(), socket_.get_executor(), [weak](std::string name) {
+    context_.reverse_dns->lookup(endpoint.address(), [weak](std::string name) {
         auto self = weak.lock();
         if (!self) return;
         self->host_lookup_done_ = true;

@@ -155,6 +155,26 @@ TEST(ConfigTest, ListenRejectsJunk) {
     }
 }
 
+TEST(ConfigTest, DnsServersTakeAPortOrDefaultTo53) {
+    EXPECT_TRUE(load({}).dns_servers.empty());
+    auto c = load({{"DNS_SERVERS", "127.0.0.1, 192.0.2.1:5353,[::1],[2001:db8::1]:5300"}});
+    ASSERT_EQ(c.dns_servers.size(), 4u);
+    EXPECT_EQ(c.dns_servers[0].host, "127.0.0.1");
+    EXPECT_EQ(c.dns_servers[0].port, 53);
+    EXPECT_EQ(c.dns_servers[1].port, 5353);
+    EXPECT_EQ(c.dns_servers[2].host, "::1");
+    EXPECT_EQ(c.dns_servers[2].port, 53);
+    EXPECT_EQ(c.dns_servers[3].host, "2001:db8::1");
+    EXPECT_EQ(c.dns_servers[3].port, 5300);
+}
+
+TEST(ConfigTest, DnsServersRejectJunk) {
+    for (std::string bad : {"::1", "::1:53", "ns.example.com", "127.0.0.1:0", "127.0.0.1:", "[::1]53", "[::1",
+                            "300.1.1.1", "127.0.0.1,junk", ","}) {
+        expect_rejected("DNS_SERVERS", bad);
+    }
+}
+
 TEST(ConfigTest, ListenErrorQuotesTheBadItem) {
     auto error = error_of({{"SMTP_LISTEN", "0.0.0.0:25,1.2.3.4:70000"}});
     EXPECT_NE(error.find("\"1.2.3.4:70000\""), std::string::npos) << error;

@@ -55,7 +55,8 @@ INSTANTIATE_TEST_SUITE_P(
                       BadConfig{"NonNumericMessageSize", "SMTP_MAX_MESSAGE_BYTES", "lots"},
                       BadConfig{"ZeroConcurrency", "WEBHOOK_CONCURRENCY", "0"},
                       BadConfig{"NegativeTimeout", "WEBHOOK_TIMEOUT_MS", "-5"},
-                      BadConfig{"PortOutOfRange", "SMTP_LISTEN", "127.0.0.1:70000"}),
+                      BadConfig{"PortOutOfRange", "SMTP_LISTEN", "127.0.0.1:70000"},
+                      BadConfig{"DnsServerByName", "DNS_SERVERS", "ns1.example.com"}),
     [](const ::testing::TestParamInfo<BadConfig>& info) { return std::string(info.param.name); });
 
 }  // namespace

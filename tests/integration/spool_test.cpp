@@ -2,6 +2,7 @@
 // meta.json in haraka-webhook's format, in directories only the daemon's user can read.
 
 #include "harness/fixture.hpp"
+#include "support/fake_dns.hpp"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -26,6 +27,18 @@ std::string bare(std::string address) {
 
 class SpoolTest : public IntegrationTest {
 protected:
+    // With the webhook down (items stay in pending/) and `dns` as the daemon's DNS server:
+    // one message sent from `source`, a loopback address. Its id, or "" (failure recorded).
+    std::string send_from(const std::string& source, const testsupport::FakeDns& dns) {
+        hook_.stop();
+        if (!start_daemon({{"DNS_SERVERS", dns.address()},
+                           {"RETRY_INTERVAL_MS", "60000"},
+                           {"RETRY_MAX_INTERVAL_MS", "60000"}}))
+            return {};
+        auto client = connect(source);
+        EXPECT_EQ(client->ehlo("helo.client.test").code, 250);
+        return queued_id(client->send_message("bob@example.org", {"x@example.com"}, simple_message()));
+    }
     // meta.json of pending/<id> once an attempt was recorded (the dispatcher leaves it alone
     // then, with a long retry interval); nullopt before.
     std::optional<json> settled_meta(const std::string& id) {
@@ -123,6 +136,40 @@ TEST_F(SpoolTest, RemoteHostIsTheReverseDnsName) {
         EXPECT_NE(split->received.find("from helo.client.test (" + expected + " [127.0.0.1])"), std::string::npos)
             << split->received;
     }
+}
+
+// DNS_SERVERS: the client's name comes from the server it names (a FakeDns on loopback),
+// for a client address that /etc/hosts does not know.
+TEST_F(SpoolTest, RemoteHostComesFromDnsServers) {
+    testsupport::FakeDns dns;
+    dns.set_ptr("127.9.8.7", "client.dns.test");
+    const std::string id = send_from("127.9.8.7", dns);
+    ASSERT_FALSE(id.empty());
+    std::optional<json> meta;
+    ASSERT_TRUE(wait_until([&] { return (meta = settled_meta(id)).has_value(); }, std::chrono::seconds(10)));
+    EXPECT_EQ((*meta)["remote"]["ip"], "127.9.8.7");
+    EXPECT_EQ((*meta)["remote"]["host"], "client.dns.test");
+    EXPECT_GE(dns.queries(), 1);
+    const auto split = split_received(read_file(pending_dir() / id / "message.eml"));
+    ASSERT_TRUE(split.has_value());
+    EXPECT_NE(split->received.find("from helo.client.test (client.dns.test [127.9.8.7])"), std::string::npos)
+        << split->received;
+}
+
+// A DNS server that never answers costs the client nothing but its name: DATA waits for
+// the lookup only within its bound, and the message is taken and stored without one.
+TEST_F(SpoolTest, SilentDnsServerLeavesTheNameOutAndTakesTheMessage) {
+    testsupport::FakeDns dns;
+    dns.set_silent(true);
+    const std::string id = send_from("127.9.8.7", dns);
+    ASSERT_FALSE(id.empty());
+    std::optional<json> meta;
+    ASSERT_TRUE(wait_until([&] { return (meta = settled_meta(id)).has_value(); }, std::chrono::seconds(10)));
+    EXPECT_EQ((*meta)["remote"]["host"], "");
+    EXPECT_GE(dns.queries(), 1);
+    const auto split = split_received(read_file(pending_dir() / id / "message.eml"));
+    ASSERT_TRUE(split.has_value());
+    EXPECT_NE(split->received.find("from helo.client.test ([127.9.8.7])"), std::string::npos) << split->received;
 }
 
 TEST_F(SpoolTest, DirectoriesArePrivate) {

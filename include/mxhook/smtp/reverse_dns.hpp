@@ -1,49 +1,58 @@
 #pragma once
 // Reverse-DNS (PTR) names of SMTP clients, for the trace header and remote.host.
 //
-// getnameinfo() blocks and cannot be cancelled, and Asio's resolver runs every lookup of
-// an io_context on a single thread: one client whose PTR zone does not answer would hold
-// up every other lookup for the resolver's whole timeout. ReverseDns runs lookups on a
-// few threads of its own and takes no more work than it can start soon: past
-// `max_queued` waiting lookups it answers "" at once (the name is a courtesy; a queue
-// that grows without bound under a flood is not). stop() never waits for a lookup in
-// progress: its thread finishes on its own and its answer is dropped.
+// Looked up with c-ares on the io thread: the hosts file first, then the resolvers
+// (/etc/resolv.conf's, or DNS_SERVERS) over sockets the event loop watches. No thread per
+// lookup and no hand-off between threads: the answer arrives like any other socket event.
+// At most `max_in_flight` lookups run at once; past that a lookup answers "" at once (the
+// name is a courtesy; a queue that grows without bound under a flood is not). A lookup
+// that gets no answer ends after c-ares's own timeout and tries; the session waits for
+// it only within its own bound.
+//
+// Not thread-safe: construct, use and destroy it on the thread that runs `io`.
 
-#include <boost/asio/any_io_executor.hpp>
+#include "mxhook/config.hpp"
+
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace mxhook::smtp {
-
-// getnameinfo(NI_NAMEREQD) of one address: its name, or "" when it has none (or the
-// lookup failed). Blocking. IPv4-mapped IPv6 addresses are looked up as IPv4.
-std::string lookup_name(const boost::asio::ip::address& address);
 
 class ReverseDns {
 public:
     using Callback = std::function<void(std::string name)>;
 
-    ReverseDns(std::size_t threads, std::size_t max_queued);
+    struct Options {
+        std::size_t max_in_flight = 256;
+        std::vector<HostPort> servers;                  // empty: /etc/resolv.conf's
+        std::chrono::milliseconds timeout{1000};       // per try, per server
+        int tries = 2;
+    };
+
+    // Throws std::runtime_error when c-ares cannot start (no memory, bad resolver setup).
+    ReverseDns(boost::asio::io_context& io, Options options);
     ~ReverseDns();  // stop()
     ReverseDns(const ReverseDns&) = delete;
     ReverseDns& operator=(const ReverseDns&) = delete;
 
-    // Looks `address` up on a lookup thread; `done` is then posted to `executor` with the
-    // name ("" when there is none). When the queue is full, `done` is posted with "" at
-    // once; after stop() it is never called. Thread-safe.
-    void lookup(const boost::asio::ip::address& address, const boost::asio::any_io_executor& executor,
-                Callback done);
+    // Looks `address` up; `done` is then posted to the io_context with the name ("" when
+    // there is none, the lookup failed or too many are in flight). IPv4-mapped IPv6
+    // addresses are looked up as IPv4. After stop() `done` is never called.
+    void lookup(const boost::asio::ip::address& address, Callback done);
 
-    // No more lookups; answers of lookups in progress are dropped. Does not block.
+    // No more lookups; lookups in flight are cancelled and their answers dropped.
     void stop();
 
 private:
-    struct State;
-    std::shared_ptr<State> state_;
+    struct Impl;
+    std::shared_ptr<Impl> impl_;
 };
 
 }  // namespace mxhook::smtp

@@ -72,7 +72,8 @@ bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds tim
     }
 }
 
-int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std::string& error) {
+int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std::string& error,
+                     const std::string& source) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         error = std::strerror(errno);
@@ -83,6 +84,16 @@ int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std
     tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (!source.empty()) {
+        sockaddr_in from{};
+        from.sin_family = AF_INET;
+        if (::inet_pton(AF_INET, source.c_str(), &from.sin_addr) != 1 ||
+            ::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0) {
+            error = "bind " + source + ": " + std::strerror(errno);
+            ::close(fd);
+            return -1;
+        }
+    }
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

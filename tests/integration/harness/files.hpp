@@ -42,8 +42,10 @@ bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds tim
 unsigned short free_port();
 
 // A blocking TCP connection to 127.0.0.1:port whose reads and writes time out after
-// `timeout`; -1 with error set when it cannot be made.
-int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std::string& error);
+// `timeout`; -1 with error set when it cannot be made. With `source` (another loopback
+// address, e.g. "127.9.8.7") the connection comes from there.
+int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std::string& error,
+                     const std::string& source = {});
 
 // A field of /proc/<pid>/status in KiB ("VmRSS", "VmHWM"); -1 when it cannot be read.
 long proc_status_kib(int pid, std::string_view field);

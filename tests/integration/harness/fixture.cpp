@@ -136,8 +136,8 @@ void IntegrationTest::stop_daemon() {
     EXPECT_TRUE(status->exited() && status->code() == 0) << "SIGTERM: " << status->describe();
 }
 
-std::unique_ptr<SmtpClient> IntegrationTest::connect() {
-    auto client = std::make_unique<SmtpClient>(daemon().smtp_port());
+std::unique_ptr<SmtpClient> IntegrationTest::connect(const std::string& source) {
+    auto client = std::make_unique<SmtpClient>(daemon().smtp_port(), std::chrono::seconds(10), source);
     EXPECT_TRUE(client->connected()) << "connect: " << client->connect_error();
     const Reply greeting = client->greeting();
     EXPECT_EQ(greeting.code, 220) << greeting;

@@ -68,8 +68,9 @@ protected:
     // Stops the current daemon with SIGTERM; records a failure when it does not exit 0.
     void stop_daemon();
 
-    // A new session with the current daemon, greeting read (and checked to be 220).
-    std::unique_ptr<SmtpClient> connect();
+    // A new session with the current daemon, greeting read (and checked to be 220); from
+    // `source` (another loopback address) when given.
+    std::unique_ptr<SmtpClient> connect(const std::string& source = {});
     // Sends one message in a session of its own (EHLO, MAIL, RCPT..., DATA, QUIT) and
     // returns the queued id; "" with a failure recorded when it was not accepted.
     std::string send_one(const std::string& message,

@@ -59,8 +59,8 @@ std::string encode_data(std::string_view message) {
     return out;
 }
 
-SmtpClient::SmtpClient(unsigned short port, std::chrono::milliseconds timeout) {
-    fd_ = connect_loopback(port, timeout, connect_error_);
+SmtpClient::SmtpClient(unsigned short port, std::chrono::milliseconds timeout, const std::string& source) {
+    fd_ = connect_loopback(port, timeout, connect_error_, source);
 }
 
 SmtpClient::~SmtpClient() { close(); }

@@ -33,7 +33,8 @@ std::string with_final_crlf(std::string_view message);
 
 class SmtpClient {
 public:
-    explicit SmtpClient(unsigned short port, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+    explicit SmtpClient(unsigned short port, std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                        const std::string& source = {});  // source: a loopback address to connect from
     ~SmtpClient();
     SmtpClient(const SmtpClient&) = delete;
     SmtpClient& operator=(const SmtpClient&) = delete;
