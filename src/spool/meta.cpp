@@ -1,10 +1,13 @@
 // meta.json in haraka-webhook's exact format. haraka-webhook writes
-// JSON.stringify(meta, null, 2) + "\n"; nlohmann's ordered_json with dump(2) produces the
-// same bytes (same key order, same indentation, same escapes: only '"', '\\' and control
-// characters, lowercase \u00xx, non-ASCII left as UTF-8), so a spool can move between the
-// two daemons in either direction.
+// JSON.stringify(meta, null, 2) + "\n"; to_json writes the same bytes (same key order,
+// same indentation, same escapes: only '"', '\\' and control characters, lowercase
+// \u00xx, non-ASCII left as UTF-8) directly, without a document in between, which is
+// what nlohmann's ordered_json with dump(2) would also give (the tests hold it to that).
+// parse_meta reads with nlohmann. A spool can move between the two daemons either way.
 
 #include "mxhook/spool/meta.hpp"
+
+#include "mxhook/spool/json_text.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -178,28 +181,125 @@ std::optional<Clock::time_point> parse_iso8601(std::string_view text) {
     return chr::time_point_cast<Clock::duration>(t);
 }
 
-std::string to_json(const Meta& meta) {
-    Json j;  // insertion order is haraka-webhook's field order
-    j["id"] = meta.id;
-    j["createdAt"] = iso8601(meta.created_at);
-    j["attempts"] = meta.attempts;
-    j["nextAttemptAt"] = meta.next_attempt_at ? Json(iso8601(*meta.next_attempt_at)) : Json(nullptr);
-    j["sender"] = meta.sender;
-    j["recipients"] = meta.recipients;
-    j["from"] = meta.from;
-    j["subject"] = meta.subject;
-    Json headers = Json::array();
-    for (const auto& [name, value] : meta.headers) headers.push_back(Json::array({name, value}));
-    j["headers"] = std::move(headers);
-    j["remote"] = Json{{"ip", meta.remote.ip}, {"host", meta.remote.host}, {"helo", meta.remote.helo}};
-    // JavaScript adds these after the first failed attempt, so they come last.
-    if (meta.last_attempt_at) j["lastAttemptAt"] = iso8601(*meta.last_attempt_at);
-    if (meta.last_error) j["lastError"] = *meta.last_error;
-    if (meta.interrupted_attempts > 0) j["interruptedAttempts"] = meta.interrupted_attempts;
+namespace {
 
-    // Header values are raw message bytes and need not be UTF-8; replacing bad bytes with
-    // U+FFFD (what Node does when it decodes them) beats failing to spool the message.
-    return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+// Pretty-printing in JSON.stringify(value, null, 2)'s shape, written directly.
+class PrettyWriter {
+public:
+    explicit PrettyWriter(std::string& out) : out_(out) {}
+
+    // Opens the next member of the current object ("key": ) or element of the array.
+    void key(std::string_view name) {
+        next();
+        append_json_string(out_, name);
+        out_ += ": ";
+    }
+    void element() { next(); }
+
+    void string(std::string_view value) { append_json_string(out_, value); }
+    void number(std::int64_t value) { out_ += std::to_string(value); }
+    void null() { out_ += "null"; }
+    void open(char bracket) {
+        out_ += bracket;
+        first_ = true;
+        ++depth_;
+    }
+    void close(char bracket) {
+        --depth_;
+        if (!first_) newline();  // an empty container stays "[]"
+        out_ += bracket;
+        first_ = false;
+    }
+
+private:
+    void next() {
+        if (!first_) out_ += ',';
+        newline();
+        first_ = false;
+    }
+    void newline() {
+        out_ += '\n';
+        out_.append(2 * depth_, ' ');
+    }
+
+    std::string& out_;
+    std::size_t depth_ = 0;
+    bool first_ = true;
+};
+
+}  // namespace
+
+std::string to_json(const Meta& meta) {
+    // haraka-webhook's field order. Header values are raw message bytes and need not be
+    // UTF-8; bad bytes become U+FFFD (what Node does when it decodes them) rather than
+    // failing to spool the message.
+    std::string out;
+    std::size_t estimate = 512 + meta.from.size() + meta.subject.size();
+    for (const auto& [name, value] : meta.headers) estimate += name.size() + value.size() + 32;
+    out.reserve(estimate);
+    PrettyWriter w(out);
+    w.open('{');
+    w.key("id");
+    w.string(meta.id);
+    w.key("createdAt");
+    w.string(iso8601(meta.created_at));
+    w.key("attempts");
+    w.number(meta.attempts);
+    w.key("nextAttemptAt");
+    if (meta.next_attempt_at)
+        w.string(iso8601(*meta.next_attempt_at));
+    else
+        w.null();
+    w.key("sender");
+    w.string(meta.sender);
+    w.key("recipients");
+    w.open('[');
+    for (const auto& r : meta.recipients) {
+        w.element();
+        w.string(r);
+    }
+    w.close(']');
+    w.key("from");
+    w.string(meta.from);
+    w.key("subject");
+    w.string(meta.subject);
+    w.key("headers");
+    w.open('[');
+    for (const auto& [name, value] : meta.headers) {
+        w.element();
+        w.open('[');
+        w.element();
+        w.string(name);
+        w.element();
+        w.string(value);
+        w.close(']');
+    }
+    w.close(']');
+    w.key("remote");
+    w.open('{');
+    w.key("ip");
+    w.string(meta.remote.ip);
+    w.key("host");
+    w.string(meta.remote.host);
+    w.key("helo");
+    w.string(meta.remote.helo);
+    w.close('}');
+    // JavaScript adds these after the first failed attempt, so they come last.
+    if (meta.last_attempt_at) {
+        w.key("lastAttemptAt");
+        w.string(iso8601(*meta.last_attempt_at));
+    }
+    if (meta.last_error) {
+        w.key("lastError");
+        w.string(*meta.last_error);
+    }
+    if (meta.interrupted_attempts > 0) {
+        w.key("interruptedAttempts");
+        w.number(meta.interrupted_attempts);
+    }
+    w.close('}');
+    out += '\n';
+    return out;
 }
 
 Meta parse_meta(std::string_view json) {

@@ -1,6 +1,7 @@
 #include "mxhook/webhook/payload.hpp"
 
-#include <nlohmann/json.hpp>
+#include "mxhook/spool/json_text.hpp"
+
 #include <openssl/evp.h>
 #include <openssl/core_names.h>
 #include <openssl/params.h>
@@ -42,9 +43,17 @@ void append_field(std::string& out, std::string_view name, std::string_view valu
 // Like JavaScript's JSON.stringify(headers): compact, non-ASCII left as UTF-8. A header
 // byte that is not valid UTF-8 becomes U+FFFD rather than failing the whole delivery.
 std::string headers_json(const mail::Headers& headers) {
-    auto array = nlohmann::json::array();
-    for (const auto& [name, value] : headers) array.push_back(nlohmann::json::array({name, value}));
-    return array.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    std::string out = "[";
+    for (const auto& [name, value] : headers) {
+        if (out.size() > 1) out += ',';
+        out += '[';
+        spool::append_json_string(out, name);
+        out += ',';
+        spool::append_json_string(out, value);
+        out += ']';
+    }
+    out += ']';
+    return out;
 }
 
 }  // namespace

@@ -3,8 +3,12 @@
 // JSON.stringify(meta, null, 2) + "\n" prints them.
 
 #include "mxhook/spool/meta.hpp"
+#include "mxhook/spool/json_text.hpp"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <random>
 
 #include <stdexcept>
 
@@ -203,6 +207,81 @@ TEST(MetaJson, RoundTripsEveryField) {
     EXPECT_EQ(back.last_attempt_at, m.last_attempt_at);
     EXPECT_EQ(back.last_error, m.last_error);
     EXPECT_EQ(to_json(back), to_json(m));
+}
+
+// --- the direct writer against nlohmann's document dump --------------------------------------
+
+// What to_json wrote when it built an ordered_json document and dumped it: the reference
+// the direct writer must match byte for byte.
+std::string reference_json(const Meta& meta) {
+    using Json = nlohmann::ordered_json;
+    Json j;
+    j["id"] = meta.id;
+    j["createdAt"] = iso8601(meta.created_at);
+    j["attempts"] = meta.attempts;
+    j["nextAttemptAt"] = meta.next_attempt_at ? Json(iso8601(*meta.next_attempt_at)) : Json(nullptr);
+    j["sender"] = meta.sender;
+    j["recipients"] = meta.recipients;
+    j["from"] = meta.from;
+    j["subject"] = meta.subject;
+    Json headers = Json::array();
+    for (const auto& [name, value] : meta.headers) headers.push_back(Json::array({name, value}));
+    j["headers"] = std::move(headers);
+    j["remote"] = Json{{"ip", meta.remote.ip}, {"host", meta.remote.host}, {"helo", meta.remote.helo}};
+    if (meta.last_attempt_at) j["lastAttemptAt"] = iso8601(*meta.last_attempt_at);
+    if (meta.last_error) j["lastError"] = *meta.last_error;
+    if (meta.interrupted_attempts > 0) j["interruptedAttempts"] = meta.interrupted_attempts;
+    return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+// Random bytes biased to what escaping cares about: controls, quotes, backslashes, DEL,
+// UTF-8 lead and continuation bytes (valid sequences and broken ones), plain ASCII.
+std::string random_bytes(std::mt19937& rng, std::size_t max_len) {
+    static const std::string interesting = std::string("\"\\\b\f\n\r\t\x01\x1f\x7f \x00", 13) +
+                                           "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\x80\xbf\xc0\xff\xed\xa0";
+    std::uniform_int_distribution<std::size_t> len(0, max_len);
+    std::uniform_int_distribution<int> kind(0, 3), any(0, 255), ascii(0x20, 0x7e);
+    std::uniform_int_distribution<std::size_t> pick(0, interesting.size() - 1);
+    std::string out(len(rng), '\0');
+    for (auto& c : out) {
+        const int k = kind(rng);
+        c = static_cast<char>(k == 0 ? any(rng) : k == 1 ? interesting[pick(rng)] : ascii(rng));
+    }
+    return out;
+}
+
+TEST(MetaJson, DirectWriterMatchesTheDocumentDumpByteForByte) {
+    std::mt19937 rng(20261129);
+    std::uniform_int_distribution<int> count(0, 4);
+    for (int round = 0; round < 2000; ++round) {
+        Meta m = example_meta();
+        m.id = random_bytes(rng, 40);
+        m.sender = random_bytes(rng, 30);
+        m.recipients.clear();
+        for (int i = count(rng); i > 0; --i) m.recipients.push_back(random_bytes(rng, 30));
+        m.from = random_bytes(rng, 40);
+        m.subject = random_bytes(rng, 60);
+        m.headers.clear();
+        for (int i = count(rng); i > 0; --i) m.headers.emplace_back(random_bytes(rng, 12), random_bytes(rng, 60));
+        m.remote = {random_bytes(rng, 15), random_bytes(rng, 20), random_bytes(rng, 20)};
+        m.attempts = round % 3 == 0 ? 0 : round;
+        if (round % 2 == 1) m.next_attempt_at = example_time() + std::chrono::seconds(round);
+        if (round % 4 == 1) m.last_attempt_at = example_time();
+        if (round % 4 == 1) m.last_error = random_bytes(rng, 50);
+        if (round % 5 == 2) m.interrupted_attempts = round % 7;
+        ASSERT_EQ(to_json(m), reference_json(m)) << "round " << round;
+    }
+}
+
+TEST(JsonText, StringsMatchTheDocumentDumpByteForByte) {
+    std::mt19937 rng(7);
+    for (int round = 0; round < 20000; ++round) {
+        const std::string value = random_bytes(rng, 24);
+        std::string ours;
+        append_json_string(ours, value);
+        ASSERT_EQ(ours, nlohmann::json(value).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))
+            << "round " << round;
+    }
 }
 
 // --- reading what haraka-webhook wrote ------------------------------------------------------
