@@ -127,7 +127,9 @@ int run(const Config& config) {
     // Client names (PTR) for the trace header and remote.host, asked on the io thread.
     smtp::ReverseDns reverse_dns(io, {kReverseDnsMaxInFlight, config.dns_servers});
     smtp::SessionContext context{config, protocol, spool, pool,
-                                 [&dispatcher](const std::string& id) { dispatcher.notify(id); }, &decision,
+                                 [&dispatcher](const std::string& id, std::optional<spool::Meta> meta) {
+                                     dispatcher.notify(id, std::move(meta));
+                                 }, &decision,
                                  tls.get(), &reverse_dns};
     smtp::Server server(io, context);
     server.listen(config.smtp_listen);

@@ -336,6 +336,7 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
             co_return finish(in, refused->first, refused->second);
         }
         auto committed = co_await commit(draft, written->meta);
+        if (committed) committed->meta = std::move(written->meta);
         co_return co_await answer_commit(draft, in, committed);
     }
     co_return co_await answer_commit(draft, in, written);
@@ -491,7 +492,8 @@ awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incom
     // The fields known on the io thread; the header section is added on the pool.
     spool::Meta meta;
     meta.id = in.id;
-    meta.created_at = std::chrono::system_clock::now();
+    // Milliseconds, as meta.json keeps it: the meta handed to the dispatcher is the file's.
+    meta.created_at = std::chrono::floor<std::chrono::milliseconds>(std::chrono::system_clock::now());
     meta.sender = in.envelope.sender;
     meta.recipients = in.envelope.recipients;
     meta.remote = {client_ip_, in.client_host, protocol_.helo()};
@@ -535,7 +537,11 @@ awaitable<Step> Session::answer_commit(Draft& draft, const Incoming& in, Result<
     if (written) ids = std::move(written->ids);
     if (ids.empty()) co_await discard(draft);
     if (context_.on_queued) {
-        for (const auto& queued : ids) context_.on_queued(queued);
+        if (ids.size() == 1) {
+            context_.on_queued(ids.front(), std::move(written->meta));
+        } else {
+            for (const auto& queued : ids) context_.on_queued(queued, std::nullopt);
+        }
     }
     Step step = ids.empty() ? finish(in, DataOutcome::local_error)
                             : finish(in, DataOutcome::queued, ids.size() > 1 ? "items=" + joined(ids) : std::string());

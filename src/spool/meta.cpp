@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <stdexcept>
 
@@ -336,6 +337,24 @@ Meta parse_meta(std::string_view json) {
         meta.interrupted_attempts = n->get<std::int64_t>();
     }
     return meta;
+}
+
+bool reads_back_unchanged(const Meta& meta) {
+    const auto ascii = [](std::string_view text) {
+        return std::all_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+    };
+    const auto all_ascii = [&](const auto&... texts) { return (ascii(texts) && ...); };
+    if (chr::floor<chr::milliseconds>(meta.created_at) != meta.created_at) return false;
+    if (!all_ascii(meta.id, meta.sender, meta.from, meta.subject, meta.remote.ip, meta.remote.host, meta.remote.helo))
+        return false;
+    if (meta.last_error && !ascii(*meta.last_error)) return false;
+    for (const auto& r : meta.recipients) {
+        if (!ascii(r)) return false;
+    }
+    for (const auto& [name, value] : meta.headers) {
+        if (!all_ascii(name, value)) return false;
+    }
+    return true;
 }
 
 std::string bare_address(std::string_view address) {

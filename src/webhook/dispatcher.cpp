@@ -52,29 +52,68 @@ void Dispatcher::start() {
     pump();
 }
 
-void Dispatcher::notify(const std::string& id) {
-    not_before_.erase(id);
-    // The time in the id, not now: the scan may queue the same kind of item by its id,
-    // and both must sort on one clock.
-    enqueue(id, arrival_time(id));
+namespace {
+
+// About what a Meta holds in memory, for the bound on known_.
+std::size_t footprint(const spool::Meta& meta) {
+    std::size_t bytes = 512 + meta.id.size() + meta.sender.size() + meta.from.size() + meta.subject.size();
+    for (const auto& r : meta.recipients) bytes += 32 + r.size();
+    for (const auto& [name, value] : meta.headers) bytes += 64 + name.size() + value.size();
+    return bytes;
 }
 
-void Dispatcher::enqueue(const std::string& id, Clock::time_point due) {
-    if (stopping_ || busy_.count(id) != 0) return;
+}  // namespace
+
+void Dispatcher::notify(const std::string& id, std::optional<spool::Meta> meta) {
+    not_before_.erase(id);
+    // Kept before enqueue(), which may launch the delivery at once.
+    if (meta && !stopping_ && busy_.count(id) == 0 && spool::reads_back_unchanged(*meta)) {
+        const std::size_t bytes = footprint(*meta);
+        if (known_bytes_ + bytes <= kMaxKnownBytes && known_.count(id) == 0) {
+            known_bytes_ += bytes;
+            known_.emplace(id, std::pair{std::move(*meta), bytes});
+        }
+    }
+    // The time in the id, not now: the scan may queue the same kind of item by its id,
+    // and both must sort on one clock.
+    if (!enqueue(id, arrival_time(id))) forget_known(id);
+}
+
+void Dispatcher::forget_known(const std::string& id) {
+    if (auto it = known_.find(id); it != known_.end()) {
+        known_bytes_ -= it->second.second;
+        known_.erase(it);
+    }
+}
+
+bool Dispatcher::enqueue(const std::string& id, Clock::time_point due) {
+    if (stopping_ || busy_.count(id) != 0) return false;
     // The queue holds the earliest-due items only, so memory does not grow with a backlog.
     // One due later than all of them stays in pending/ alone, where a scan finds it again
     // (pump() asks for one early when the queue runs low).
     if (ready_.size() >= max_queued()) {
         const auto last = std::prev(ready_.end());
         overflowed_ = true;
-        if (std::get<0>(*last) <= due) return;
+        if (std::get<0>(*last) <= due) return false;
         busy_.erase(std::get<2>(*last));
+        forget_known(std::get<2>(*last));
         ready_.erase(last);
     }
     busy_.insert(id);
     // Ids carry milliseconds: messages acknowledged within one keep the order they came in.
     ready_.emplace(due, enqueued_++, id);
     pump();
+    return true;
+}
+
+void Dispatcher::launch(std::string id) {
+    std::optional<spool::Meta> known;
+    if (auto node = known_.extract(id); !node.empty()) {
+        known_bytes_ -= node.mapped().second;
+        known = std::move(node.mapped().first);
+    }
+    ++in_flight_;
+    asio::co_spawn(io_, deliver(std::move(id), std::move(known)), asio::detached);
 }
 
 std::size_t Dispatcher::max_queued() const {
@@ -93,16 +132,14 @@ void Dispatcher::pump() {
         suspects_.pop_front();
         spdlog::info("dispatch id={}: retrying alone (in flight when the last run died; {} more to go)", id,
                      suspects_.size());
-        ++in_flight_;
-        asio::co_spawn(io_, deliver(std::move(id)), asio::detached);
+        launch(std::move(id));
         return;
     }
     while (!stopping_ && in_flight_ < config_.webhook_concurrency && !ready_.empty()) {
         auto first = ready_.begin();
         std::string id = std::move(std::get<2>(*first));
         ready_.erase(first);
-        ++in_flight_;
-        asio::co_spawn(io_, deliver(std::move(id)), asio::detached);
+        launch(std::move(id));
     }
     // Items were left out of a full queue: scan again before it runs dry, not a whole
     // RETRY_SCAN_INTERVAL_MS later (the wait is cut short; the scan loop goes on).
@@ -131,6 +168,8 @@ void Dispatcher::stop(std::function<void()> on_idle) {
     stopping_ = true;
     scan_timer_.cancel();
     ready_.clear();
+    known_.clear();
+    known_bytes_ = 0;
     suspects_.clear();
     on_idle_ = std::move(on_idle);
     if (in_flight_ == 0 && on_idle_) {
@@ -234,12 +273,12 @@ awaitable<void> Dispatcher::set_aside_duplicate(const std::string& id) {
     }
 }
 
-awaitable<void> Dispatcher::deliver(std::string id) {
+awaitable<void> Dispatcher::deliver(std::string id, std::optional<spool::Meta> known) {
     // Spool errors come back as values inside attempt(); this only guards against the
     // unforeseen (an allocation failure in the payload), which must not end the dispatcher.
     std::optional<Failure> unforeseen;
     try {
-        co_await attempt(id);
+        co_await attempt(id, known);
     } catch (const std::exception& e) {
         unforeseen = failure_of(e);
     }
@@ -278,7 +317,8 @@ bool permanent(const Failure& failure) {
 }  // namespace
 
 Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const std::string& id,
-                         Clock::time_point now, asio::thread_pool& pool, const asio::any_io_executor& executor) {
+                         Clock::time_point now, asio::thread_pool& pool, const asio::any_io_executor& executor,
+                         std::optional<spool::Meta> known) {
     Prepared out;
     const auto claim = [&] {
         try {
@@ -291,7 +331,7 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
         return false;
     };
     try {
-        out.meta = spool.read_pending_meta(id);
+        out.meta = known ? std::move(*known) : spool.read_pending_meta(id);
     } catch (const std::exception& e) {
         out.failure = failure_of(e);
         out.step = Prepared::meta_later;
@@ -332,13 +372,14 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
     return out;
 }
 
-awaitable<void> Dispatcher::attempt(const std::string& id) {
+awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::Meta>& known) {
     const auto now = Clock::now();
     const asio::any_io_executor executor = io_.get_executor();
     // Captures are references only: g++ 12 mishandles non-trivial temporaries that
     // live across a co_await (it destroys them twice).
-    auto prepared = co_await run_blocking(
-        pool_, [this, &id, now, &executor] { return prepare_attempt(spool_, config_, id, now, pool_, executor); });
+    auto prepared = co_await run_blocking(pool_, [this, &id, now, &executor, &known] {
+        return prepare_attempt(spool_, config_, id, now, pool_, executor, std::move(known));
+    });
     spool::Meta& meta = prepared.meta;
     http::Response response;
     switch (prepared.step) {

@@ -284,6 +284,33 @@ TEST(JsonText, StringsMatchTheDocumentDumpByteForByte) {
     }
 }
 
+TEST(MetaJson, AsciiMetaReadsBackUnchanged) {
+    Meta m = example_meta();
+    m.subject = "Cafe \"menu\"\t\x01";
+    m.headers = {{"Subject", m.subject}, {"X-Empty", ""}};
+    m.next_attempt_at = example_time() + 1h;
+    m.last_error = "503";
+    ASSERT_TRUE(reads_back_unchanged(m));
+    const Meta back = parse_meta(to_json(m));
+    EXPECT_EQ(back.subject, m.subject);
+    EXPECT_EQ(back.headers, m.headers);
+    EXPECT_EQ(back.created_at, m.created_at);
+    EXPECT_EQ(to_json(back), to_json(m));
+}
+
+TEST(MetaJson, EightBitBytesOrSubMillisecondsDoNotReadBackUnchanged) {
+    EXPECT_FALSE(reads_back_unchanged(example_meta()));  // its subject is UTF-8
+    Meta m = example_meta();
+    m.subject = "plain";
+    m.headers = {{"Subject", "plain"}};
+    ASSERT_TRUE(reads_back_unchanged(m));
+    m.headers.emplace_back("X-Latin1", "caf\xE9");
+    EXPECT_FALSE(reads_back_unchanged(m));
+    m.headers.pop_back();
+    m.created_at += std::chrono::microseconds(1);
+    EXPECT_FALSE(reads_back_unchanged(m));
+}
+
 // --- reading what haraka-webhook wrote ------------------------------------------------------
 
 TEST(MetaJson, ParsesHarakaWebhookMeta) {

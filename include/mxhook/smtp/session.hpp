@@ -43,7 +43,9 @@ struct SessionContext {
     ProtocolSettings protocol;
     spool::Spool& spool;
     boost::asio::thread_pool& pool;
-    std::function<void(const std::string& id)> on_queued;  // called on the io thread after 250
+    // Called on the io thread after 250, for each item committed; with its meta.json's
+    // content when the message is one item (for the dispatcher, which then need not read it).
+    std::function<void(const std::string& id, std::optional<spool::Meta> meta)> on_queued;
     decision::Client* decision = nullptr;                  // asked before commit when enabled
     TlsCredentials* tls = nullptr;                         // STARTTLS offered when set
     ReverseDns* reverse_dns = nullptr;                     // client names looked up when set

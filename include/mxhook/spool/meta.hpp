@@ -51,6 +51,11 @@ std::string to_json(const Meta& meta);
 // by haraka-webhook (sender may be "<user@example.com>", optional fields absent).
 Meta parse_meta(std::string_view json);
 
+// True when parse_meta(to_json(meta)) gives `meta` back field for field: every string is
+// ASCII (8-bit bytes may come back as U+FFFD) and created_at has no part below a
+// millisecond. Only then may a reader use the meta in memory instead of the file.
+bool reads_back_unchanged(const Meta& meta);
+
 // "<user@example.com>" -> "user@example.com"; "<>" -> ""; bare addresses unchanged.
 std::string bare_address(std::string_view address);
 

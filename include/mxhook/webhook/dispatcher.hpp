@@ -60,11 +60,13 @@ struct Prepared {
 };
 
 // Blocking (run it on the worker pool): everything a delivery attempt needs before its
-// POST, in one hand-off: read pending/<id>/meta.json, claim the item, open the body.
-// Failures are states, decided here once; the dispatcher only carries them out.
+// POST, in one hand-off: read pending/<id>/meta.json (unless `known`, the meta the session
+// just committed, is given), claim the item, open the body. Failures are states, decided
+// here once; the dispatcher only carries them out.
 Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const std::string& id,
                          std::chrono::system_clock::time_point now, boost::asio::thread_pool& pool,
-                         const boost::asio::any_io_executor& executor);
+                         const boost::asio::any_io_executor& executor,
+                         std::optional<spool::Meta> known = std::nullopt);
 
 class Dispatcher {
 public:
@@ -76,8 +78,10 @@ public:
     // one of them is that item's alone. Call before start().
     void isolate(std::vector<std::string> suspects);
     void start();
-    // A message was just committed to pending/: deliver it now.
-    void notify(const std::string& id);
+    // A message was just committed to pending/: deliver it now. `meta`, when given, is
+    // what was committed as its meta.json: its first attempt then skips reading and
+    // parsing the file (kept for as long as the item waits in the queue, within a bound).
+    void notify(const std::string& id, std::optional<spool::Meta> meta = std::nullopt);
     // Stops claiming new items; on_idle runs once no delivery is in flight. Items still
     // in processing/ at exit go back to pending/ at the next start.
     void stop(std::function<void()> on_idle);
@@ -86,16 +90,20 @@ public:
 private:
     boost::asio::awaitable<void> scan_loop();
     boost::asio::awaitable<void> scan_once();
-    boost::asio::awaitable<void> deliver(std::string id);
-    boost::asio::awaitable<void> attempt(const std::string& id);
+    boost::asio::awaitable<void> deliver(std::string id, std::optional<spool::Meta> known);
+    boost::asio::awaitable<void> attempt(const std::string& id, std::optional<spool::Meta>& known);
     boost::asio::awaitable<void> sweep_processing(const std::vector<std::string>& in_processing);
     boost::asio::awaitable<void> set_aside_duplicate(const std::string& id);
     boost::asio::awaitable<void> give_back(const std::string& id, const Failure& failure);
     // Moves a claimed item to dead/; false (and the item given back) when the spool fails.
     boost::asio::awaitable<bool> dead_letter(const std::string& id, const spool::Meta* meta,
                                              const std::string& reason);
-    // Queues the item for a delivery slot, ordered by `due` (then by id).
-    void enqueue(const std::string& id, std::chrono::system_clock::time_point due);
+    // Queues the item for a delivery slot, ordered by `due` (then by id); false when it is
+    // not queued (busy, stopping, or later than everything in a full queue).
+    bool enqueue(const std::string& id, std::chrono::system_clock::time_point due);
+    // Launches the delivery of `id`, with its committed meta when known_ has it.
+    void launch(std::string id);
+    void forget_known(const std::string& id);
     void pump();
     void delivery_done(const std::string& id);
 
@@ -120,6 +128,11 @@ private:
     std::unordered_set<std::string> reported_strays_;  // non-items in pending/ already logged
     std::unordered_set<std::string> busy_;          // ids queued or in flight
     std::unordered_map<std::string, std::chrono::system_clock::time_point> not_before_;  // known retry times
+    // Metas of fresh items waiting in ready_, as their sessions committed them, at most
+    // kMaxKnownBytes of them (roughly counted): the rest are read from disk as usual.
+    static constexpr std::size_t kMaxKnownBytes = 4 * 1024 * 1024;
+    std::unordered_map<std::string, std::pair<spool::Meta, std::size_t>> known_;
+    std::size_t known_bytes_ = 0;
     std::size_t in_flight_ = 0;
     bool stopping_ = false;
     std::function<void()> on_idle_;
