@@ -130,7 +130,7 @@ private:
     std::unordered_map<std::string, std::chrono::system_clock::time_point> not_before_;  // known retry times
     // Metas of fresh items waiting in ready_, as their sessions committed them, at most
     // kMaxKnownBytes of them (roughly counted): the rest are read from disk as usual.
-    static constexpr std::size_t kMaxKnownBytes = 4 * 1024 * 1024;
+    static constexpr std::size_t kMaxKnownBytes = 256 * 1024;
     std::unordered_map<std::string, std::pair<spool::Meta, std::size_t>> known_;
     std::size_t known_bytes_ = 0;
     std::size_t in_flight_ = 0;
