@@ -84,3 +84,20 @@ headers("folded", b"Received: from a\r\n\tby b; Wed, 25 Nov 2026 17:03:14 +0000\
 headers("lf-only", b"From: a\nSubject: b\n\nbody\n")
 headers("no-end", b"X-A: 1\r\nX-B: 2\r\r\nX-C: \x00\xff\r\n")
 headers("received", b"Received: a\r\nreceived:b\r\nRECEIVED : c\r\n Received: d\r\nX-Received: e\r\n\r\nReceived: f\r\n")
+
+
+def meta(name, data):
+    (here / "corpus" / "meta").mkdir(exist_ok=True)
+    (here / "corpus" / "meta" / name).write_bytes(data)
+
+
+meta("fresh", b'{\n  "id": "1764090194123-0f8e6a3c",\n  "createdAt": "2025-11-25T17:03:14.123Z",\n'
+     b'  "attempts": 0,\n  "nextAttemptAt": null,\n  "sender": "alice@example.org",\n'
+     b'  "recipients": [\n    "bob@example.com"\n  ],\n  "from": "Alice <alice@example.org>",\n'
+     b'  "subject": "Caf\xc3\xa9 \\"menu\\"",\n  "headers": [\n    [\n      "Subject",\n      "x\\ty"\n    ]\n  ],\n'
+     b'  "remote": {\n    "ip": "192.0.2.10",\n    "host": "",\n    "helo": "mail.example.org"\n  }\n}\n')
+meta("retried", b'{"id":"a","createdAt":"2024-11-25T17:03:14Z","attempts":3,"nextAttemptAt":"2024-11-25T18:03:14.000Z",'
+     b'"sender":"<a@b>","recipients":["<c@d>","e@f"],"headers":[],"remote":{"ip":"::1"},'
+     b'"lastAttemptAt":"2024-11-25T17:33:14.000Z","lastError":"webhook returned 503","interruptedAttempts":1}')
+meta("odd", b'{"future":{"a":[1,{"b":null}]},"id":"x","id":"y","createdAt":"2024-02-29T00:00:00Z",'
+     b'"recipients":[],"remote":null,"headers":null,"subject":null,"attempts":18446744073709551615,"f":1.5e3}')

@@ -19,7 +19,6 @@ namespace mxhook::spool {
 
 namespace {
 
-using Json = nlohmann::ordered_json;
 namespace chr = std::chrono;
 
 [[noreturn]] void fail(const std::string& what) {
@@ -44,7 +43,7 @@ int to_int(std::string_view s) {
 
 // --- reading fields -----------------------------------------------------------------------
 
-std::string quoted(std::string_view key) {
+std::string quoted_key(std::string_view key) {
     // Built by appending: g++ 12 warns falsely (-Wrestrict, GCC bug 105329) on "x" + string.
     std::string out;
     out.reserve(key.size() + 2);
@@ -52,89 +51,6 @@ std::string quoted(std::string_view key) {
     out += key;
     out += '"';
     return out;
-}
-
-Json* find(Json& object, std::string_view key) {
-    auto it = object.find(key);
-    return it == object.end() ? nullptr : &*it;
-}
-
-// The parsed document is thrown away after reading: strings are moved out of it, not copied.
-std::string take_string(Json& value) { return std::move(value.get_ref<std::string&>()); }
-
-std::string required_string(Json& object, std::string_view key) {
-    Json* value = find(object, key);
-    if (value == nullptr) fail(quoted(key) + " is missing");
-    if (!value->is_string()) fail(quoted(key) + " must be a string");
-    return take_string(*value);
-}
-
-// haraka-webhook always writes these as strings, but "" and a missing or null field mean
-// the same thing to every reader, so accept all three.
-std::string optional_string(Json& object, std::string_view key, std::string_view where = {}) {
-    Json* value = find(object, key);
-    if (value == nullptr || value->is_null()) return {};
-    if (!value->is_string()) fail(std::string(where) + quoted(key) + " must be a string");
-    return take_string(*value);
-}
-
-Clock::time_point time_from(Json& value, std::string_view key) {
-    if (!value.is_string()) fail(quoted(key) + " must be an ISO-8601 string");
-    auto parsed = parse_iso8601(value.get_ref<const std::string&>());
-    if (!parsed) fail(quoted(key) + " is not a valid ISO-8601 time: " + value.get<std::string>());
-    return *parsed;
-}
-
-std::optional<Clock::time_point> optional_time(Json& object, std::string_view key) {
-    Json* value = find(object, key);
-    if (value == nullptr || value->is_null()) return std::nullopt;
-    return time_from(*value, key);
-}
-
-std::int64_t read_attempts(Json& object) {
-    Json* value = find(object, "attempts");
-    if (value == nullptr || value->is_null()) return 0;
-    if (value->is_number_integer()) return value->get<std::int64_t>();  // signed or unsigned
-    fail("\"attempts\" must be an integer");
-}
-
-std::vector<std::string> read_recipients(Json& object) {
-    Json* value = find(object, "recipients");
-    if (value == nullptr) fail("\"recipients\" is missing");
-    if (!value->is_array()) fail("\"recipients\" must be an array of strings");
-    std::vector<std::string> recipients;
-    recipients.reserve(value->size());
-    for (std::size_t i = 0; i < value->size(); ++i) {
-        Json& r = (*value)[i];
-        if (!r.is_string()) fail("\"recipients\"[" + std::to_string(i) + "] must be a string");
-        recipients.push_back(take_string(r));
-    }
-    return recipients;
-}
-
-mail::Headers read_headers(Json& object) {
-    Json* value = find(object, "headers");
-    if (value == nullptr || value->is_null()) return {};
-    if (!value->is_array()) fail("\"headers\" must be an array of [name, value] pairs");
-    mail::Headers headers;
-    headers.reserve(value->size());
-    for (std::size_t i = 0; i < value->size(); ++i) {
-        Json& h = (*value)[i];
-        if (!h.is_array() || h.size() != 2 || !h[0].is_string() || !h[1].is_string()) {
-            fail("\"headers\"[" + std::to_string(i) + "] must be a [name, value] pair of strings");
-        }
-        headers.emplace_back(take_string(h[0]), take_string(h[1]));
-    }
-    return headers;
-}
-
-Remote read_remote(Json& object) {
-    Json* value = find(object, "remote");
-    if (value == nullptr || value->is_null()) return {};
-    if (!value->is_object()) fail("\"remote\" must be an object");
-    return Remote{optional_string(*value, "ip", "\"remote\"."),
-                  optional_string(*value, "host", "\"remote\"."),
-                  optional_string(*value, "helo", "\"remote\".")};
 }
 
 }  // namespace
@@ -179,6 +95,11 @@ std::optional<Clock::time_point> parse_iso8601(std::string_view text) {
 
     const auto t = chr::sys_days{ymd} + chr::hours{hour} + chr::minutes{minute} +
                    chr::seconds{second} + chr::milliseconds{millis};
+    // The clock counts nanoseconds in 64 bits: years 1678 to 2261. Outside that the
+    // conversion would overflow (found by fuzz/meta_fuzz.cpp: "4048-12-25T17:03:14Z").
+    constexpr auto earliest = chr::time_point_cast<chr::milliseconds>(Clock::time_point::min());
+    constexpr auto latest = chr::time_point_cast<chr::milliseconds>(Clock::time_point::max());
+    if (t < earliest || t > latest) return std::nullopt;
     return chr::time_point_cast<Clock::duration>(t);
 }
 
@@ -303,40 +224,212 @@ std::string to_json(const Meta& meta) {
     return out;
 }
 
-Meta parse_meta(std::string_view json) {
-    Json j;
-    try {
-        j = Json::parse(json);
-    } catch (const Json::parse_error& e) {
+namespace {
+
+// meta.json read as a stream of SAX events straight into a Meta: no document is built
+// (one allocation per node), strings are moved in as the lexer produced them. Errors name
+// the field, as error.txt in dead/ must point at the culprit. Unknown fields are skipped,
+// whatever they hold; for a repeated field the last one counts, as in a document.
+class MetaReader {
+public:
+    using Json = nlohmann::json;
+
+    Meta finish() {
+        if (!seen_id_) fail("\"id\" is missing");
+        if (meta_.id.empty()) fail("\"id\" is empty");
+        if (!seen_created_) fail("\"createdAt\" is missing");
+        if (!seen_recipients_) fail("\"recipients\" is missing");
+        return std::move(meta_);
+    }
+
+    // --- the SAX interface ---
+    bool null() { return scalar(Kind::null, nullptr, 0); }
+    bool boolean(bool) { return scalar(Kind::other, nullptr, 0); }
+    bool number_integer(Json::number_integer_t v) { return scalar(Kind::integer, nullptr, v); }
+    bool number_unsigned(Json::number_unsigned_t v) {
+        return scalar(Kind::integer, nullptr, static_cast<std::int64_t>(v));
+    }
+    bool number_float(Json::number_float_t, const std::string&) { return scalar(Kind::other, nullptr, 0); }
+    bool string(std::string& v) { return scalar(Kind::string, &v, 0); }
+    bool binary(Json::binary_t&) { return scalar(Kind::other, nullptr, 0); }
+    bool key(std::string& k) {
+        if (state_ == State::top) key_ = std::move(k);
+        else if (state_ == State::remote) remote_key_ = std::move(k);
+        return true;
+    }
+    bool start_object(std::size_t) { return open(true); }
+    bool start_array(std::size_t) { return open(false); }
+    bool end_object() { return close(); }
+    bool end_array() { return close(); }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) {
         fail(std::string("invalid JSON: ") + e.what());
     }
-    if (!j.is_object()) fail("top level must be an object");
 
-    Meta meta;
-    meta.id = required_string(j, "id");
-    if (meta.id.empty()) fail("\"id\" is empty");
-    Json* created = find(j, "createdAt");
-    if (created == nullptr) fail("\"createdAt\" is missing");
-    meta.created_at = time_from(*created, "createdAt");
-    meta.attempts = read_attempts(j);
-    meta.next_attempt_at = optional_time(j, "nextAttemptAt");
-    meta.sender = optional_string(j, "sender");
-    meta.recipients = read_recipients(j);
-    meta.from = optional_string(j, "from");
-    meta.subject = optional_string(j, "subject");
-    meta.headers = read_headers(j);
-    meta.remote = read_remote(j);
-    meta.last_attempt_at = optional_time(j, "lastAttemptAt");
-    if (Json* e = find(j, "lastError"); e != nullptr && !e->is_null()) {
-        if (!e->is_string()) fail("\"lastError\" must be a string");
-        meta.last_error = take_string(*e);
+private:
+    enum class Kind { null, string, integer, other, array, object };
+    enum class State { start, top, recipients, headers, pair, remote, skip, done };
+
+    // A value at the current place: a scalar, or the start of a container (kind array or
+    // object); false never (errors throw).
+    bool scalar(Kind kind, std::string* text, std::int64_t number) {
+        switch (state_) {
+            case State::start: fail("top level must be an object");
+            case State::top: top_value(kind, text, number); break;
+            case State::recipients:
+                if (kind != Kind::string) fail("\"recipients\"[" + std::to_string(meta_.recipients.size()) + "] must be a string");
+                meta_.recipients.push_back(std::move(*text));
+                break;
+            case State::headers: bad_pair();
+            case State::pair:
+                if (kind != Kind::string || pair_.size() == 2) bad_pair();
+                pair_.push_back(std::move(*text));
+                break;
+            case State::remote: remote_value(kind, text); break;
+            case State::skip:
+            case State::done: break;
+        }
+        return true;
     }
-    if (Json* n = find(j, "interruptedAttempts"); n != nullptr && !n->is_null()) {
-        if (!n->is_number_integer() || n->get<std::int64_t>() < 0)
-            fail("\"interruptedAttempts\" must be a non-negative integer");
-        meta.interrupted_attempts = n->get<std::int64_t>();
+
+    bool open(bool object) {
+        const Kind kind = object ? Kind::object : Kind::array;
+        switch (state_) {
+            case State::start:
+                if (!object) fail("top level must be an object");
+                state_ = State::top;
+                return true;
+            case State::top:
+                if (!object && key_ == "recipients") {
+                    meta_.recipients.clear();
+                    seen_recipients_ = true;
+                    state_ = State::recipients;
+                } else if (!object && key_ == "headers") {
+                    meta_.headers.clear();
+                    state_ = State::headers;
+                } else if (object && key_ == "remote") {
+                    meta_.remote = {};
+                    remote_key_.clear();
+                    state_ = State::remote;
+                } else {
+                    top_value(kind, nullptr, 0);  // throws for a known field
+                    skip(State::top);
+                }
+                return true;
+            case State::recipients: scalar(kind, nullptr, 0); return true;  // throws
+            case State::headers:
+                if (object) bad_pair();
+                pair_.clear();
+                state_ = State::pair;
+                return true;
+            case State::pair: bad_pair();
+            case State::remote:
+                remote_value(kind, nullptr);  // throws for ip, host, helo
+                skip(State::remote);
+                return true;
+            case State::skip: ++skip_depth_; return true;
+            case State::done: return true;
+        }
+        return true;
     }
-    return meta;
+
+    bool close() {
+        switch (state_) {
+            case State::top: state_ = State::done; break;
+            case State::recipients:
+            case State::headers:
+            case State::remote: state_ = State::top; break;
+            case State::pair:
+                if (pair_.size() != 2) bad_pair();
+                meta_.headers.emplace_back(std::move(pair_[0]), std::move(pair_[1]));
+                state_ = State::headers;
+                break;
+            case State::skip:
+                if (--skip_depth_ == 0) state_ = after_skip_;
+                break;
+            case State::start:
+            case State::done: break;
+        }
+        return true;
+    }
+
+    void skip(State back) {
+        after_skip_ = back;
+        skip_depth_ = 1;
+        state_ = State::skip;
+    }
+
+    [[noreturn]] void bad_pair() {
+        fail("\"headers\"[" + std::to_string(meta_.headers.size()) + "] must be a [name, value] pair of strings");
+    }
+
+    void top_value(Kind kind, std::string* text, std::int64_t number) {
+        const std::string& k = key_;
+        const bool null = kind == Kind::null, string = kind == Kind::string;
+        if (k == "id") {
+            if (!string) fail("\"id\" must be a string");
+            meta_.id = std::move(*text);
+            seen_id_ = true;
+        } else if (k == "createdAt") {
+            meta_.created_at = time_of(kind, text, k);
+            seen_created_ = true;
+        } else if (k == "nextAttemptAt" || k == "lastAttemptAt") {
+            auto& field = k == "nextAttemptAt" ? meta_.next_attempt_at : meta_.last_attempt_at;
+            field = null ? std::nullopt : std::optional(time_of(kind, text, k));
+        } else if (k == "sender" || k == "from" || k == "subject") {
+            auto& field = k == "sender" ? meta_.sender : k == "from" ? meta_.from : meta_.subject;
+            if (!null && !string) fail(quoted_key(k) + " must be a string");
+            field = string ? std::move(*text) : std::string();
+        } else if (k == "recipients") {
+            fail("\"recipients\" must be an array of strings");
+        } else if (k == "headers") {
+            if (!null) fail("\"headers\" must be an array of [name, value] pairs");
+            meta_.headers.clear();
+        } else if (k == "remote") {
+            if (!null) fail("\"remote\" must be an object");
+            meta_.remote = {};
+        } else if (k == "attempts") {
+            if (!null && kind != Kind::integer) fail("\"attempts\" must be an integer");
+            meta_.attempts = null ? 0 : number;
+        } else if (k == "lastError") {
+            if (!null && !string) fail("\"lastError\" must be a string");
+            meta_.last_error = string ? std::optional(std::move(*text)) : std::nullopt;
+        } else if (k == "interruptedAttempts") {
+            if (!null && (kind != Kind::integer || number < 0))
+                fail("\"interruptedAttempts\" must be a non-negative integer");
+            meta_.interrupted_attempts = null ? 0 : number;
+        }
+    }
+
+    void remote_value(Kind kind, std::string* text) {
+        const std::string& k = remote_key_;
+        if (k != "ip" && k != "host" && k != "helo") return;
+        auto& field = k == "ip" ? meta_.remote.ip : k == "host" ? meta_.remote.host : meta_.remote.helo;
+        if (kind != Kind::null && kind != Kind::string) fail("\"remote\"." + quoted_key(k) + " must be a string");
+        field = kind == Kind::string ? std::move(*text) : std::string();
+    }
+
+    static Clock::time_point time_of(Kind kind, const std::string* text, const std::string& key) {
+        if (kind != Kind::string) fail(quoted_key(key) + " must be an ISO-8601 string");
+        auto parsed = parse_iso8601(*text);
+        if (!parsed) fail(quoted_key(key) + " is not a valid ISO-8601 time: " + *text);
+        return *parsed;
+    }
+
+    Meta meta_;
+    State state_ = State::start;
+    State after_skip_ = State::top;
+    std::size_t skip_depth_ = 0;
+    std::string key_, remote_key_;
+    std::vector<std::string> pair_;
+    bool seen_id_ = false, seen_created_ = false, seen_recipients_ = false;
+};
+
+}  // namespace
+
+Meta parse_meta(std::string_view json) {
+    MetaReader reader;
+    nlohmann::json::sax_parse(json, &reader);
+    return reader.finish();
 }
 
 bool reads_back_unchanged(const Meta& meta) {

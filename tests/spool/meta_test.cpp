@@ -71,6 +71,15 @@ TEST(Iso8601, ParsesWithAndWithoutMilliseconds) {
     EXPECT_EQ(parse_iso8601("1970-01-01T00:00:00.000Z"), Clock::time_point{});
 }
 
+TEST(Iso8601, RejectsTimesTheClockCannotHold) {
+    // Nanoseconds in 64 bits: 1677-09-21 to 2262-04-11.
+    EXPECT_EQ(parse_iso8601("4048-12-25T17:03:14Z"), std::nullopt);
+    EXPECT_EQ(parse_iso8601("2263-01-01T00:00:00Z"), std::nullopt);
+    EXPECT_EQ(parse_iso8601("0000-01-01T00:00:00Z"), std::nullopt);
+    EXPECT_NE(parse_iso8601("2261-12-31T23:59:59.999Z"), std::nullopt);
+    EXPECT_NE(parse_iso8601("1678-01-01T00:00:00Z"), std::nullopt);
+}
+
 TEST(Iso8601, RoundTrips) {
     const auto t = at(chr::year{2031} / 7 / 4, 4h + 5min + 6s + 780ms);
     EXPECT_EQ(parse_iso8601(iso8601(t)), t);
@@ -271,6 +280,40 @@ TEST(MetaJson, DirectWriterMatchesTheDocumentDumpByteForByte) {
         if (round % 5 == 2) m.interrupted_attempts = round % 7;
         ASSERT_EQ(to_json(m), reference_json(m)) << "round " << round;
     }
+}
+
+TEST(MetaJson, RandomMetasReadBackToTheSameText) {
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int> count(0, 4);
+    for (int round = 0; round < 2000; ++round) {
+        Meta m = example_meta();
+        m.id = "id-" + random_bytes(rng, 30);
+        m.sender = random_bytes(rng, 30);
+        m.recipients.clear();
+        for (int i = count(rng); i > 0; --i) m.recipients.push_back(random_bytes(rng, 30));
+        m.subject = random_bytes(rng, 60);
+        m.headers.clear();
+        for (int i = count(rng); i > 0; --i) m.headers.emplace_back(random_bytes(rng, 12), random_bytes(rng, 60));
+        m.remote = {random_bytes(rng, 15), random_bytes(rng, 20), random_bytes(rng, 20)};
+        m.attempts = round;
+        if (round % 2 == 1) m.next_attempt_at = example_time() + std::chrono::seconds(round);
+        if (round % 3 == 1) m.last_attempt_at = example_time();
+        if (round % 3 == 1) m.last_error = random_bytes(rng, 50);
+        if (round % 5 == 2) m.interrupted_attempts = round % 7;
+        const std::string text = to_json(m);
+        ASSERT_EQ(to_json(parse_meta(text)), text) << "round " << round;
+    }
+}
+
+TEST(MetaJson, UnknownFieldsAreSkippedAndTheLastOfARepeatedFieldCounts) {
+    const Meta m = parse_meta(R"({"future":{"a":[1,{"b":null}],"c":"d"},"id":"first","id":"a",
+        "createdAt":"2024-11-25T17:03:14Z","extra":[[],{}],"recipients":["x"],"recipients":["b","c"],
+        "remote":{"ip":"::1","port":{"n":[25]},"helo":"h"},"attempts":18446744073709551,"flag":true,"f":1.5})");
+    EXPECT_EQ(m.id, "a");
+    EXPECT_EQ(m.recipients, (std::vector<std::string>{"b", "c"}));
+    EXPECT_EQ(m.remote.ip, "::1");
+    EXPECT_EQ(m.remote.helo, "h");
+    EXPECT_EQ(m.attempts, 18446744073709551);
 }
 
 TEST(JsonText, StringsMatchTheDocumentDumpByteForByte) {
