@@ -18,6 +18,7 @@
 #include <boost/asio/post.hpp>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -189,23 +190,34 @@ std::shared_ptr<FormBodySource> FormBodySource::open_with(const std::filesystem:
 
     // One pass over the file for the exact encoded size (Content-Length) and whether it is
     // UTF-8. The first chunk is kept, so the transfer starts without waiting for the pool.
-    std::string raw(kChunk, '\0');
+    // A file smaller than a chunk (most mail) is read into a buffer of its size plus one
+    // byte, which shows the end in the same read: no 64 KiB buffer to clear, no copy.
+    struct stat st {};
+    if (::fstat(state->fd, &st) != 0) throw std::system_error(errno, std::generic_category(), "fstat " + message.string());
+    const std::size_t buffer = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, static_cast<std::uint64_t>(st.st_size) + 1));
+    std::string raw(buffer, '\0');
     std::string first;
     std::uint64_t offset = 0;
     std::uint64_t encoded = 0;
     Utf8Validator utf8;
     for (;;) {
-        const std::size_t got = pread_full(state->fd, raw.data(), kChunk, offset);
+        const std::size_t got = pread_full(state->fd, raw.data(), buffer, offset);
         const std::string_view bytes(raw.data(), got);
         encoded += form_encoded_size(bytes);
         utf8.feed(bytes);
-        if (offset == 0) first.assign(bytes);
+        const bool last = got < buffer;
+        if (offset == 0 && last) {
+            raw.resize(got);
+            first = std::move(raw);
+        } else if (offset == 0) {
+            first.assign(bytes);
+        }
         offset += got;
-        if (got < kChunk) break;
+        if (last) break;
     }
     frame(*state, utf8.valid());
     state->file_size = offset;
-    state->next_offset = std::min<std::uint64_t>(kChunk, offset);
+    state->next_offset = first.size();  // the first chunk is sent from memory
     if (state->encode) {
         form_encode_append(state->current, first);
         state->total_size = state->prefix.size() + encoded;
