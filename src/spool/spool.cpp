@@ -797,12 +797,10 @@ void Spool::remove(const std::string& id) const {
     if (::rename(dir.c_str(), doomed.c_str()) == 0) {
         std::error_code ignored;  // already out of processing/: the delivery is settled
         if (!recycle(doomed)) fs::remove_all(doomed, ignored);
-        // Make the removal durable too, or a crash could bring a delivered item back
-        // (to be delivered twice). Best effort: the delivery itself has succeeded.
-        try {
-            processing_sync_->sync();
-        } catch (...) {
-        }
+        // No fsync of processing/ for this (as Postfix's qmgr does not sync after deleting
+        // a delivered queue file): it protects no acknowledged mail, only against a second
+        // POST after a power loss, which at-least-once delivery allows (X-Mxhook-Id). The
+        // next claim's fsync of processing/ makes it durable, and writeback does at idle.
         return;
     }
     remove_tree(dir);  // e.g. tmp/ on another filesystem, or a stale leftover in the way
