@@ -615,7 +615,9 @@ void Spool::seal(TmpItem& item) const {
     item.sealed_ = true;
 }
 
-void Spool::commit(TmpItem& item, const Meta& meta) const { commit(item, std::vector<Meta>{meta}); }
+void Spool::commit(TmpItem& item, const Meta& meta) const {
+    commit(item, 1, [&meta](std::size_t) -> const Meta& { return meta; });  // no copy of the meta
+}
 
 void Spool::commit(TmpItem& item, const std::vector<Meta>& metas) const {
     commit(item, metas.size(), [&metas](std::size_t i) -> const Meta& { return metas[i]; });
