@@ -27,8 +27,8 @@ namespace {
 
 using namespace mxhook;
 
-// PTR lookups run in parallel on their own threads (a dead PTR zone takes the resolver's
-// whole timeout); past this many waiting lookups a new client simply gets no name.
+// PTR lookups in flight at once (c-ares, on the io thread; one that gets no answer lasts
+// c-ares's timeout and tries); past this many a new client simply gets no name.
 constexpr std::size_t kReverseDnsMaxInFlight = 256;
 
 void setup_logging(const Config& config) {

@@ -12,7 +12,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include <arpa/inet.h>
 #include <netdb.h>
 
 #include <mutex>

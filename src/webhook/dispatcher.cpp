@@ -66,10 +66,11 @@ std::size_t footprint(const spool::Meta& meta) {
 
 void Dispatcher::notify(const std::string& id, std::optional<spool::Meta> meta) {
     not_before_.erase(id);
-    // Kept before enqueue(), which may launch the delivery at once.
+    // Kept before enqueue(), which may launch the delivery at once. (An id not busy has no
+    // entry: known_ only holds ids waiting in ready_.)
     if (meta && !stopping_ && busy_.count(id) == 0 && spool::reads_back_unchanged(*meta)) {
         const std::size_t bytes = footprint(*meta);
-        if (known_bytes_ + bytes <= kMaxKnownBytes && known_.count(id) == 0) {
+        if (known_bytes_ + bytes <= kMaxKnownBytes) {
             known_bytes_ += bytes;
             known_.emplace(id, std::pair{std::move(*meta), bytes});
         }
