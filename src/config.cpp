@@ -333,8 +333,11 @@ Config load_config(const EnvLookup& env) {
 
     c.smtp_listen = parse_listen(reader);
     c.dns_servers = parse_dns_servers(reader);
+    if (auto text = reader.get("METRICS_LISTEN")) c.metrics_listen = parse_host_port("METRICS_LISTEN", *text, std::nullopt);
     c.smtp_hostname = parse_hostname(reader);
     c.smtp_max_message_bytes = reader.count("SMTP_MAX_MESSAGE_BYTES", c.smtp_max_message_bytes);
+    c.spool_min_free_bytes = reader.number("SPOOL_MIN_FREE_BYTES", c.spool_min_free_bytes, /*allow_zero=*/true,
+                                           std::numeric_limits<std::int64_t>::max());
     c.smtp_max_recipients = reader.count("SMTP_MAX_RECIPIENTS", c.smtp_max_recipients);
     c.smtp_bare_lf = parse_choice<BareLfPolicy>(
         reader, "SMTP_BARE_LF", {{"normalize", BareLfPolicy::normalize}, {"reject", BareLfPolicy::reject}});

@@ -4,8 +4,11 @@
 #include "mxhook/decision/client.hpp"
 #include "mxhook/healthcheck.hpp"
 #include "mxhook/http/client.hpp"
+#include "mxhook/metrics/metrics.hpp"
+#include "mxhook/metrics/server.hpp"
 #include "mxhook/smtp/server.hpp"
 #include "mxhook/smtp/tls.hpp"
+#include "mxhook/spool/disk_guard.hpp"
 #include "mxhook/spool/spool.hpp"
 #include "mxhook/webhook/dispatcher.hpp"
 
@@ -16,12 +19,16 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <exception>
 #include <functional>
 #include <memory>
 #include <iostream>
+
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 namespace {
 
@@ -38,7 +45,43 @@ void setup_logging(const Config& config) {
     spdlog::set_level(spdlog::level::from_str(config.log_level));
 }
 
+// Why the spool cannot take mail now, for /readyz: a state directory mxhook may not write,
+// or a filesystem mounted read-only. Blocking (access, statvfs): on the pool.
+std::optional<std::string> spool_problem(const spool::Layout& layout, spool::DiskGuard& guard) {
+    for (const auto* dir : {&layout.tmp, &layout.pending, &layout.processing, &layout.dead}) {
+        if (::access(dir->c_str(), W_OK | X_OK) != 0) return "spool: cannot write " + dir->string();
+    }
+    struct statvfs fs {};
+    if (::statvfs(layout.tmp.c_str(), &fs) != 0) return "spool: cannot stat " + layout.tmp.string();
+    if ((fs.f_flag & ST_RDONLY) != 0) return "spool: " + layout.tmp.string() + " is on a read-only filesystem";
+    if (std::uint64_t free = 0; guard.check_low(&free)) {
+        return "spool: " + std::to_string(free) + " bytes free, below SPOOL_MIN_FREE_BYTES=" +
+               std::to_string(guard.min_free());
+    }
+    return std::nullopt;
+}
+
+metrics::SpoolSnapshot spool_snapshot(const spool::Spool& spool) {
+    const auto census = spool.census();
+    const auto state = [](const spool::StateCensus& c) { return metrics::SpoolState{c.items, c.bytes}; };
+    metrics::SpoolSnapshot out{state(census.tmp), state(census.pending), state(census.processing),
+                               state(census.dead), 0, true};
+    std::optional<std::int64_t> oldest = census.pending.oldest_unix_ms;
+    if (census.processing.oldest_unix_ms && (!oldest || *census.processing.oldest_unix_ms < *oldest)) {
+        oldest = census.processing.oldest_unix_ms;
+    }
+    if (oldest) {
+        const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+        out.oldest_pending_age_seconds = std::max<double>(0, static_cast<double>(now_ms - *oldest) / 1000.0);
+    }
+    return out;
+}
+
 int run(const Config& config) {
+    metrics::global().start_time_seconds =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     boost::asio::io_context io(1);
     // The certificate first: a pair that does not load stops the start before anything
     // touches the spool.
@@ -126,14 +169,26 @@ int run(const Config& config) {
     protocol.tls_available = tls != nullptr;
     // Client names (PTR) for the trace header and remote.host, asked on the io thread.
     smtp::ReverseDns reverse_dns(io, {kReverseDnsMaxInFlight, config.dns_servers});
+    spool::DiskGuard disk_guard(io, pool, config.spool_tmp_dir, config.spool_min_free_bytes);
+    disk_guard.start();
     smtp::SessionContext context{config, protocol, spool, pool,
                                  [&dispatcher](const std::string& id, std::optional<spool::Meta> meta) {
                                      dispatcher.notify(id, std::move(meta));
                                  }, &decision,
-                                 tls.get(), &reverse_dns};
+                                 tls.get(), &reverse_dns, &disk_guard};
     smtp::Server server(io, context);
     server.listen(config.smtp_listen);
+    std::unique_ptr<metrics::Server> metrics_server;
+    if (config.metrics_listen) {
+        metrics::Sources sources{[&server] { return server.problem(); },
+                                 [&spool, &disk_guard] { return spool_problem(spool.layout(), disk_guard); },
+                                 [&spool] { return spool_snapshot(spool); }};
+        metrics_server = std::make_unique<metrics::Server>(io, pool, metrics::global(), std::move(sources),
+                                                           metrics::BuildInfo{MXHOOK_VERSION, MXHOOK_GIT_COMMIT});
+        metrics_server->listen(*config.metrics_listen);
+    }
     server.start();
+    if (metrics_server) metrics_server->start();
     dispatcher.start();
     spdlog::info("mxhook ready: webhook {}", config.webhook_url);
 
@@ -160,6 +215,7 @@ int run(const Config& config) {
     signals.async_wait([&](const boost::system::error_code& ec, int signal) {
         if (ec) return;
         hangup.cancel();
+        disk_guard.stop();
         if (tls) tls->stop();
         spdlog::info("received signal {}: shutting down ({} session(s), {} delivery(ies) in flight)", signal,
                      server.session_count(), dispatcher.in_flight());
@@ -185,6 +241,7 @@ int run(const Config& config) {
             spdlog::critical("event loop: {}", e.what());
         }
     }
+    if (metrics_server) metrics_server->stop();
     reverse_dns.stop();  // before the io_context goes: no answer is posted to it any more
     client.shutdown();
     pool.join();
@@ -208,8 +265,13 @@ int run(const Config& config) {
 int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
     const std::string command = argc > 1 ? argv[1] : "";
+    if (command == "--version" || command == "version") {
+        std::cout << "mxhook " << MXHOOK_VERSION << " (commit " << MXHOOK_GIT_COMMIT << ")\n";
+        return 0;
+    }
     if (!command.empty() && command != "healthcheck") {
-        std::cerr << "usage: mxhook [healthcheck]   (configuration comes from the environment; see README)\n";
+        std::cerr << "usage: mxhook [healthcheck | --version]   (configuration comes from the environment; see "
+                     "README)\n";
         return 2;
     }
     Config config;

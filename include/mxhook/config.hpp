@@ -74,6 +74,8 @@ struct Config {
     std::filesystem::path spool_pending_dir;                // SPOOL_PENDING_DIR
     std::filesystem::path spool_processing_dir;             // SPOOL_PROCESSING_DIR
     std::filesystem::path spool_dead_dir;                   // SPOOL_DEAD_DIR
+    // Below this much free space on the spool's filesystem MAIL gets 452 (0: no guard).
+    std::uint64_t spool_min_free_bytes = 100000000;         // SPOOL_MIN_FREE_BYTES
 
     // Webhook
     std::string webhook_url;                                // WEBHOOK_URL (required, http/https)
@@ -107,6 +109,7 @@ struct Config {
     std::vector<HostPort> dns_servers;                      // DNS_SERVERS (empty: /etc/resolv.conf)
 
     // Operation
+    std::optional<HostPort> metrics_listen;                 // METRICS_LISTEN (unset: no HTTP endpoint)
     std::string log_level = "info";                         // LOG_LEVEL: trace debug info warn error critical off
 };
 

@@ -6,6 +6,20 @@
 #include <utility>
 
 namespace mxhook::smtp {
+
+namespace {
+constexpr std::string_view kInsufficientStorage = "452 4.3.1 Insufficient system storage";
+}  // namespace
+
+int reply_code(std::string_view reply) noexcept {
+    if (reply.size() < 3) return 0;
+    int code = 0;
+    for (std::size_t i = 0; i < 3; ++i) {
+        if (reply[i] < '0' || reply[i] > '9') return 0;
+        code = code * 10 + (reply[i] - '0');
+    }
+    return code;
+}
 namespace {
 
 char lower(char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); }
@@ -228,6 +242,9 @@ Step Protocol::on_mail(std::string_view arg) {
     if (!istarts_with(arg, "FROM:")) return error(line("501 5.5.4 Syntax: MAIL FROM:<address>"));
     auto path = parse_path_argument(arg.substr(5));
     if (!path.ok) return error(line("501 5.1.7 Bad sender address syntax"));
+    // RFC 1870 6.1: a temporary shortage of space is 452, not the client's error. It is
+    // checked before the parameters, so a full spool answers every sender the same way.
+    if (spare_storage_ && *spare_storage_ == 0) return {line(kInsufficientStorage)};
 
     Envelope envelope;
     for (const auto& param : path.params) {
@@ -245,6 +262,7 @@ Step Protocol::on_mail(std::string_view arg) {
             if (size > settings_.max_message_bytes) {
                 return error(line("552 5.3.4 Message size exceeds fixed maximum message size"));
             }
+            if (spare_storage_ && size > *spare_storage_) return {line(kInsufficientStorage)};
         } else if (iequals(key, "BODY")) {
             if (iequals(value, "8BITMIME")) envelope.body_8bitmime = true;
             else if (!iequals(value, "7BIT")) return error(line("501 5.5.4 Bad BODY parameter"));

@@ -1,10 +1,12 @@
 #include "mxhook/smtp/server.hpp"
 
+#include "mxhook/listener.hpp"
+#include "mxhook/metrics/metrics.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -22,15 +24,7 @@ void Server::listen(const std::vector<ListenAddress>& addresses) {
     for (const auto& address : addresses) {
         const std::string label = address.host + ":" + std::to_string(address.port);
         try {
-            const tcp::endpoint endpoint(asio::ip::make_address(address.host), address.port);
-            auto acceptor = std::make_unique<tcp::acceptor>(io_);
-            acceptor->open(endpoint.protocol());
-            acceptor->set_option(tcp::acceptor::reuse_address(true));
-            // [::]:25 next to 0.0.0.0:25 must not collide: IPv6 sockets take IPv6 only.
-            if (endpoint.address().is_v6()) acceptor->set_option(asio::ip::v6_only(true));
-            acceptor->bind(endpoint);
-            acceptor->listen(asio::socket_base::max_listen_connections);
-            acceptors_.push_back(std::move(acceptor));
+            acceptors_.push_back(open_listener(io_, address, asio::socket_base::max_listen_connections));
             spdlog::info("smtp: listening on {}", label);
         } catch (const std::exception& e) {
             throw std::runtime_error("SMTP_LISTEN: cannot listen on " + label + ": " + e.what());
@@ -67,18 +61,22 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
         std::string ip = address.to_string();
         if (sessions_.size() >= context_.config.smtp_max_connections) {
             refuse(std::move(socket), "421 4.7.0 Too many connections, try again later\r\n");
+            metrics::global().smtp_refused_max_connections.add();
             spdlog::warn("smtp client={} refused: {} connections open (SMTP_MAX_CONNECTIONS)", ip, sessions_.size());
             continue;
         }
         auto& from_ip = per_ip_[ip];
         if (from_ip >= context_.config.smtp_max_connections_per_ip) {
             refuse(std::move(socket), "421 4.7.0 Too many connections from your address, try again later\r\n");
+            metrics::global().smtp_refused_max_connections_per_ip.add();
             spdlog::info("smtp client={} refused: {} connections from it (SMTP_MAX_CONNECTIONS_PER_IP)", ip, from_ip);
             continue;
         }
         ++from_ip;
         auto session = std::make_shared<Session>(std::move(socket), context_, ip);
         sessions_.emplace(session.get(), session);
+        metrics::global().smtp_connections.add();
+        metrics::global().smtp_connections_open.add();
         // The lambda's capture keeps the session alive for as long as it runs.
         asio::co_spawn(
             io_, [session]() -> asio::awaitable<void> { co_await session->run(); },
@@ -100,12 +98,22 @@ void Server::refuse(tcp::socket socket, std::string_view why) {
 
 void Server::session_ended(Session* session, const std::string& ip) {
     sessions_.erase(session);
+    metrics::global().smtp_connections_open.sub();
     if (auto it = per_ip_.find(ip); it != per_ip_.end() && --it->second == 0) per_ip_.erase(it);
     if (stopping_ && sessions_.empty() && on_idle_) {
         auto done = std::move(on_idle_);
         on_idle_ = nullptr;
         done();
     }
+}
+
+std::optional<std::string> Server::problem() const {
+    if (stopping_) return "shutting down";
+    if (acceptors_.empty()) return "no SMTP listener";
+    for (const auto& acceptor : acceptors_) {
+        if (!acceptor->is_open()) return "an SMTP listener is closed";
+    }
+    return std::nullopt;
 }
 
 void Server::stop(std::function<void()> on_idle) {

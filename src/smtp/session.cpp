@@ -3,6 +3,7 @@
 #include "mxhook/blocking.hpp"
 #include "mxhook/mail/headers.hpp"
 #include "mxhook/mail/received.hpp"
+#include "mxhook/metrics/metrics.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -25,6 +26,15 @@ using asio::awaitable;
 using asio::use_awaitable;
 
 namespace {
+
+void count_decision(decision::Verdict verdict) {
+    using metrics::DecisionOutcome;
+    const DecisionOutcome outcome = verdict == decision::Verdict::allow         ? DecisionOutcome::allow
+                                    : verdict == decision::Verdict::deny        ? DecisionOutcome::deny
+                                    : verdict == decision::Verdict::silent_deny ? DecisionOutcome::silent_deny
+                                                                                : DecisionOutcome::error;
+    metrics::global().decisions[static_cast<std::size_t>(outcome)].add();
+}
 
 // RFC 5321 4.5.3.1.4: a command line is at most 512 octets, CRLF included.
 constexpr std::size_t kMaxCommandLine = 512;
@@ -249,6 +259,7 @@ awaitable<void> Session::serve() {
             std::string_view line(begin, static_cast<std::size_t>(newline - begin));
             rpos_ += line.size() + 1;
             if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+            if (context_.disk_guard) protocol_.set_spare_storage(context_.disk_guard->spare());
             step = protocol_.on_line(line);
         }
 
@@ -299,6 +310,9 @@ awaitable<bool> Session::start_tls() {
         co_return false;
     }
     protocol_.on_tls_started();
+    metrics::global()
+        .smtp_tls_sessions[static_cast<std::size_t>(metrics::tls_version_from(SSL_get_version(tls_->native_handle())))]
+        .add();
     tls_description_ = describe_tls(tls_->native_handle());
     spdlog::debug("smtp client={} TLS established: {}", client_ip_, tls_description_);
     co_return true;
@@ -350,7 +364,12 @@ Step Session::finish(const Incoming& in, DataOutcome outcome, const std::string&
                  protocol_.helo(), in.envelope.sender, joined(in.envelope.recipients), in.size, in.id,
                  outcome_name(outcome), protocol_.tls_active() ? " tls=yes" : "", detail.empty() ? "" : " detail=",
                  detail, ms.count());
-    return protocol_.on_data_end(outcome, outcome == DataOutcome::denied ? detail : in.id);
+    Step step = protocol_.on_data_end(outcome, outcome == DataOutcome::denied ? detail : in.id);
+    auto& counted = metrics::global();
+    counted.smtp_transactions.add(reply_code(step.reply));
+    counted.smtp_received_bytes.add(in.size);
+    counted.smtp_message_size_bytes.observe(static_cast<double>(in.size));
+    return step;
 }
 
 awaitable<bool> Session::begin_data(const std::string& reply354) {
@@ -596,6 +615,7 @@ awaitable<std::optional<Session::Refusal>> Session::ask_decision(const spool::Tm
     auto raced = co_await (client->decide(meta, raw_mime) || session_bound.async_wait(use_awaitable));
     if (raced.index() == 1) co_return abandoned();
     const decision::Decision answer = std::move(std::get<0>(raced));
+    count_decision(answer.verdict);
     switch (answer.verdict) {
         case decision::Verdict::allow: co_return Answer{};
         case decision::Verdict::deny: co_return Answer{{DataOutcome::denied, decision::deny_text(answer)}};

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <charconv>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -702,6 +703,44 @@ void Spool::discard(TmpItem& item) const noexcept {
     } catch (...) {
         // remove_all may throw bad_alloc; what is left in tmp/ goes at the next start-up.
     }
+}
+
+// --- Spool: census ---------------------------------------------------------------------------
+
+std::optional<std::int64_t> id_unix_ms(std::string_view name) {
+    std::int64_t ms = 0;
+    const auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), ms);
+    if (ec != std::errc() || end == name.data() || end == name.data() + name.size() || *end != '-') return std::nullopt;
+    return ms;
+}
+
+namespace {
+
+StateCensus count_state(const fs::path& dir) {
+    StateCensus out;
+    const Fd dir_fd = open_file(dir, O_RDONLY | O_DIRECTORY, "open directory");
+    for (const auto& name : list_dir(dir, Entries::item_dirs)) {
+        if (!is_item_name(name) || name.ends_with(".delivered")) continue;
+        ++out.items;
+        for (const char* file : {kMessageFile, kMetaFile}) {
+            struct stat st {};
+            const std::string relative = name + "/" + file;
+            if (::fstatat(dir_fd.get(), relative.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
+                out.bytes += static_cast<std::uint64_t>(st.st_size);
+            }
+        }
+        if (const auto ms = id_unix_ms(name); ms && (!out.oldest_unix_ms || *ms < *out.oldest_unix_ms)) {
+            out.oldest_unix_ms = ms;
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+Census Spool::census() const {
+    return {count_state(layout_.tmp), count_state(layout_.pending), count_state(layout_.processing),
+            count_state(layout_.dead)};
 }
 
 // --- Spool: dispatching ---------------------------------------------------------------------

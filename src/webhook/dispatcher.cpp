@@ -1,5 +1,7 @@
 #include "mxhook/webhook/dispatcher.hpp"
 
+#include "mxhook/metrics/metrics.hpp"
+
 #include "mxhook/blocking.hpp"
 #include "mxhook/webhook/body_source.hpp"
 #include "mxhook/webhook/payload.hpp"
@@ -14,11 +16,24 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cstdint>
 #include <system_error>
 
 namespace mxhook::webhook {
+
+namespace {
+
+// A delivered message: how long from its 250 (the time in meta.json's createdAt) to this
+// 2xx, and how many attempts it took (the ones before, counted in meta.json, and this one).
+void count_delivered(const spool::Meta& meta) {
+    auto& counted = metrics::global();
+    counted.deliveries[static_cast<std::size_t>(metrics::DeliveryOutcome::delivered)].add();
+    const auto waited = std::chrono::duration<double>(spool::Clock::now() - meta.created_at).count();
+    counted.delivery_latency_seconds.observe(std::max(0.0, waited));
+    counted.delivery_attempts.observe(static_cast<double>(meta.attempts + 1));
+}
+
+}  // namespace
 namespace asio = boost::asio;
 using asio::awaitable;
 using Clock = std::chrono::system_clock;
@@ -32,10 +47,8 @@ namespace {
 // When an item found on disk became due, as far as its name tells: ids start with the
 // time of acknowledgment in ms. Names that don't (an operator's) count as oldest.
 Clock::time_point arrival_time(const std::string& id) {
-    std::int64_t ms = 0;
-    const auto [end, ec] = std::from_chars(id.data(), id.data() + id.size(), ms);
-    if (ec != std::errc() || end == id.data()) return Clock::time_point{};
-    return Clock::time_point{std::chrono::milliseconds(ms)};
+    const auto ms = spool::id_unix_ms(id);
+    return ms ? Clock::time_point{std::chrono::milliseconds(*ms)} : Clock::time_point{};
 }
 
 }  // namespace
@@ -428,8 +441,12 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
         request.body = std::move(prepared.body);
         request.body_bytes = std::move(prepared.body_bytes);
         request.timeout = config_.webhook_timeout;
+        auto& in_flight = metrics::global().webhook_requests_in_flight;
+        in_flight.add();
         response = co_await client_.post(std::move(request));
+        in_flight.sub();
     }
+    metrics::global().delivery_responses.add(static_cast<int>(response.status));
 
     const auto status = response.status == 0 ? std::string("none") : std::to_string(response.status);
     Settlement settled = settle(response.status, response.error, std::move(meta), Clock::now(),
@@ -444,12 +461,14 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
                 break;
             }
             not_before_.erase(id);
+            count_delivered(settled.meta);
             spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, url, status,
                          response.duration.count());
             break;
         }
         case Settle::dead_letter:
             if (co_await dead_letter(id, &settled.meta, "")) {
+                metrics::global().deliveries[static_cast<std::size_t>(metrics::DeliveryOutcome::dead_lettered)].add();
                 spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, url, status,
                              response.duration.count());
             }
@@ -461,6 +480,7 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
                 break;
             }
             not_before_[id] = *settled.meta.next_attempt_at;
+            metrics::global().deliveries[static_cast<std::size_t>(metrics::DeliveryOutcome::retried)].add();
             spdlog::warn("delivery id={} url={} status={} ms={} outcome=retry attempts={} error=\"{}\" next={}", id,
                          url, status, response.duration.count(), settled.meta.attempts, *settled.meta.last_error,
                          spool::iso8601(*settled.meta.next_attempt_at));

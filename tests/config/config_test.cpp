@@ -175,6 +175,19 @@ TEST(ConfigTest, DnsServersRejectJunk) {
     }
 }
 
+TEST(ConfigTest, MetricsListenIsOffUnlessSet) {
+    EXPECT_FALSE(load({}).metrics_listen.has_value());
+    auto c = load({{"METRICS_LISTEN", "127.0.0.1:9425"}});
+    ASSERT_TRUE(c.metrics_listen.has_value());
+    EXPECT_EQ(c.metrics_listen->host, "127.0.0.1");
+    EXPECT_EQ(c.metrics_listen->port, 9425);
+    EXPECT_EQ(load({{"METRICS_LISTEN", "[::1]:9425"}}).metrics_listen->host, "::1");
+    // One address, with its port: there is no default port to guess.
+    for (std::string bad : {"127.0.0.1", "nonsense", "127.0.0.1:0", "::1:9425", "127.0.0.1:9425,127.0.0.1:9426"}) {
+        expect_rejected("METRICS_LISTEN", bad);
+    }
+}
+
 TEST(ConfigTest, ListenErrorQuotesTheBadItem) {
     auto error = error_of({{"SMTP_LISTEN", "0.0.0.0:25,1.2.3.4:70000"}});
     EXPECT_NE(error.find("\"1.2.3.4:70000\""), std::string::npos) << error;

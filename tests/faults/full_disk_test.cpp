@@ -76,7 +76,10 @@ TEST_F(FullDisk, RefusesHonestlyRestartsAndRecoversByItself) {
     mounted_ = true;
 
     hook_.stop();
+    // The disk guard (SPOOL_MIN_FREE_BYTES) is off: this scenario is about what happens
+    // when the disk itself runs out, which a guard only makes rarer.
     const Env env{{"LOG_LEVEL", "info"},
+                  {"SPOOL_MIN_FREE_BYTES", "0"},
                   {"WEBHOOK_TIMEOUT_MS", "20000"},
                   {"RETRY_INTERVAL_MS", "100"},
                   {"RETRY_MAX_INTERVAL_MS", "400"},

@@ -56,7 +56,9 @@ INSTANTIATE_TEST_SUITE_P(
                       BadConfig{"ZeroConcurrency", "WEBHOOK_CONCURRENCY", "0"},
                       BadConfig{"NegativeTimeout", "WEBHOOK_TIMEOUT_MS", "-5"},
                       BadConfig{"PortOutOfRange", "SMTP_LISTEN", "127.0.0.1:70000"},
-                      BadConfig{"DnsServerByName", "DNS_SERVERS", "ns1.example.com"}),
+                      BadConfig{"DnsServerByName", "DNS_SERVERS", "ns1.example.com"},
+                      BadConfig{"NegativeDiskGuard", "SPOOL_MIN_FREE_BYTES", "-1"},
+                      BadConfig{"DiskGuardInWords", "SPOOL_MIN_FREE_BYTES", "100MB"}),
     [](const ::testing::TestParamInfo<BadConfig>& info) { return std::string(info.param.name); });
 
 }  // namespace

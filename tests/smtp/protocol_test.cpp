@@ -90,6 +90,44 @@ TEST_F(ProtocolTest, SizeOverLimitIs552) {
     EXPECT_EQ(say("MAIL FROM:<a@b.c> SIZE=1000"), "250");
 }
 
+TEST_F(ProtocolTest, NoSpareStorageIs452AtMailAndTheSessionGoesOn) {
+    EXPECT_EQ(say("EHLO x"), "250");
+    p.set_spare_storage(0);
+    const auto refused = p.on_line("MAIL FROM:<a@b.c>");
+    EXPECT_EQ(refused.reply, "452 4.3.1 Insufficient system storage\r\n");
+    EXPECT_EQ(refused.action, Action::none);
+    EXPECT_EQ(say("RCPT TO:<x@y.z>"), "503") << "no transaction was started";
+    p.set_spare_storage(5000);  // space came back
+    EXPECT_EQ(say("MAIL FROM:<a@b.c>"), "250");
+}
+
+TEST_F(ProtocolTest, SizeOverSpareStorageIs452UnderTheFixedLimit552) {
+    EXPECT_EQ(say("EHLO x"), "250");
+    p.set_spare_storage(500);
+    EXPECT_EQ(say("MAIL FROM:<a@b.c> SIZE=501"), "452");
+    EXPECT_EQ(say("MAIL FROM:<a@b.c> SIZE=1001"), "552") << "over the fixed maximum stays permanent";
+    EXPECT_EQ(say("MAIL FROM:<a@b.c> SIZE=500"), "250");
+}
+
+TEST_F(ProtocolTest, UnknownSpareStorageChecksNothing) {
+    EXPECT_EQ(say("EHLO x"), "250");
+    p.set_spare_storage(std::nullopt);
+    EXPECT_EQ(say("MAIL FROM:<a@b.c> SIZE=1000"), "250");
+}
+
+TEST_F(ProtocolTest, RepeatedStorageRefusalsAreNotClientErrors) {
+    EXPECT_EQ(say("EHLO x"), "250");
+    p.set_spare_storage(0);
+    for (int i = 0; i < 50; ++i) ASSERT_EQ(say("MAIL FROM:<a@b.c>"), "452") << "attempt " << i;
+}
+
+TEST(ReplyCode, TheThreeDigitsOrZero) {
+    EXPECT_EQ(reply_code("250 2.0.0 Ok\r\n"), 250);
+    EXPECT_EQ(reply_code("452-4.3.1 x\r\n452 4.3.1 y\r\n"), 452);
+    EXPECT_EQ(reply_code("25"), 0);
+    EXPECT_EQ(reply_code("2x0 Ok"), 0);
+}
+
 TEST_F(ProtocolTest, TooManyRecipientsIs452) {
     EXPECT_EQ(say("EHLO x"), "250");
     EXPECT_EQ(say("MAIL FROM:<a@b.c>"), "250");

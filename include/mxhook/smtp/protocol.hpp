@@ -47,6 +47,9 @@ struct Step {
     Action action = Action::none;
 };
 
+// The three-digit code a reply starts with ("250 2.0.0 ..." -> 250); 0 when it has none.
+int reply_code(std::string_view reply) noexcept;
+
 // How the DATA phase ended, as the session saw it.
 enum class DataOutcome {
     queued,          // committed to the spool (id given)
@@ -97,6 +100,9 @@ public:
     // new EHLO is required (RFC 3207 4.2).
     void on_tls_started();
     bool tls_active() const { return tls_active_; }
+    // Spool space left above SPOOL_MIN_FREE_BYTES, as last measured (nullopt: unknown, or
+    // no guard). At 0 MAIL gets 452 4.3.1; a MAIL whose SIZE= exceeds it gets the same.
+    void set_spare_storage(std::optional<std::uint64_t> bytes) { spare_storage_ = bytes; }
     // The reply sent to every client when the server shuts down.
     static std::string_view shutdown_reply();
     static std::string_view timeout_reply();
@@ -121,6 +127,7 @@ private:
     bool domain_accepted(std::string_view address) const;
 
     ProtocolSettings settings_;
+    std::optional<std::uint64_t> spare_storage_;
     State state_ = State::need_helo;
     std::string helo_;
     bool esmtp_ = false;

@@ -11,6 +11,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -29,6 +30,8 @@ public:
     // once the last session has ended, at once if there is none.
     void stop(std::function<void()> on_idle);
     std::size_t session_count() const { return sessions_.size(); }
+    // Why no new mail can come in (not listening, stopping), for /readyz; nullopt when it can.
+    std::optional<std::string> problem() const;
 
 private:
     boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor);

@@ -18,6 +18,7 @@
 #include "mxhook/smtp/protocol.hpp"
 #include "mxhook/smtp/reverse_dns.hpp"
 #include "mxhook/smtp/tls.hpp"
+#include "mxhook/spool/disk_guard.hpp"
 #include "mxhook/spool/spool.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -49,6 +50,7 @@ struct SessionContext {
     decision::Client* decision = nullptr;                  // asked before commit when enabled
     TlsCredentials* tls = nullptr;                         // STARTTLS offered when set
     ReverseDns* reverse_dns = nullptr;                     // client names looked up when set
+    const spool::DiskGuard* disk_guard = nullptr;          // MAIL gets 452 below SPOOL_MIN_FREE_BYTES
 };
 
 class Session : public std::enable_shared_from_this<Session> {

@@ -120,6 +120,20 @@ void check_layout(const std::vector<NamedDir>& dirs);
 // counter) and ".delivered" (an item on its way out). Nothing else is ever removed.
 bool is_item_name(std::string_view name);
 
+// Items and bytes in one state directory (message.eml and meta.json of each item), and
+// the time in the oldest item's id.
+struct StateCensus {
+    std::uint64_t items = 0;
+    std::uint64_t bytes = 0;
+    std::optional<std::int64_t> oldest_unix_ms;
+};
+struct Census {
+    StateCensus tmp, pending, processing, dead;
+};
+
+// The Unix time in milliseconds at the start of an item name ("<unix-ms>-..."), if any.
+std::optional<std::int64_t> id_unix_ms(std::string_view name);
+
 // Only one process may own a spool: recovery wipes tmp/ and requeues processing/, which
 // would destroy the work of a second instance. Holds an exclusive flock(2) on
 // SPOOL_DIR/.lock (the file is left in place; the lock goes with the process, even on
@@ -178,6 +192,10 @@ public:
 
     // --- dispatching ---
     // Names of the directories in pending/ (unsorted).
+    // Counts every state: one readdir per state and two fstatat per item. Blocking (on a
+    // large spool, tens of milliseconds); for the metrics scrape and `mxhook spool stats`.
+    // Entries that are not items (delivered items kept for reuse, stray files) are left out.
+    Census census() const;
     std::vector<std::string> list_pending() const;
     // Reads and parses pending/<id>/meta.json (no move). Throws on error.
     Meta read_pending_meta(const std::string& id) const;

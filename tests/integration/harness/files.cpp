@@ -72,6 +72,14 @@ bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds tim
     }
 }
 
+void set_io_timeout(int fd, std::chrono::milliseconds timeout) {
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
 int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std::string& error,
                      const std::string& source) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -79,11 +87,7 @@ int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std
         error = std::strerror(errno);
         return -1;
     }
-    timeval tv{};
-    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
-    tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    set_io_timeout(fd, timeout);
     if (!source.empty()) {
         sockaddr_in from{};
         from.sin_family = AF_INET;

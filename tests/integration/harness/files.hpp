@@ -44,6 +44,8 @@ unsigned short free_port();
 // A blocking TCP connection to 127.0.0.1:port whose reads and writes time out after
 // `timeout`; -1 with error set when it cannot be made. With `source` (another loopback
 // address, e.g. "127.9.8.7") the connection comes from there.
+// Makes every read and write on the socket `fd` give up after `timeout`.
+void set_io_timeout(int fd, std::chrono::milliseconds timeout);
 int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std::string& error,
                      const std::string& source = {});
 
