@@ -63,6 +63,16 @@ smtp("quoted-pairs", WHOLE + b"y",
      b"RCPT TO:<\"c\\\rd\"@example.com>\r\nRCPT TO:<\"c\\\x1bd\"@example.com>\r\n"
      b"RCPT TO:<\"c\\ d\"@example.com>\r\nDATA\r\n" + MESSAGE + b".\r\nQUIT\r\n")
 
+# PROXY protocol headers a balancer sends before SMTP (checked by check_proxy_header).
+PROXY_V2 = b"\r\n\r\n\x00\r\nQUIT\n"
+smtp("proxy-v1-then-smtp", WHOLE + b"a",
+     b"PROXY TCP4 192.0.2.7 198.51.100.1 54321 25\r\n" + EHLO + ENVELOPE + MESSAGE + b".\r\nQUIT\r\n")
+smtp("proxy-v1-unknown", WHOLE + b"b", b"PROXY UNKNOWN\r\n" + EHLO)
+smtp("proxy-v2-tcp4-tlv", WHOLE + b"c",
+     PROXY_V2 + b"\x21\x11\x00\x12\xc0\x00\x02\x07\xc6\x33\x64\x01\xd4\x31\x00\x19\x04\x00\x03abc" + EHLO)
+smtp("proxy-v2-local", WHOLE + b"d", PROXY_V2 + b"\x20\x00\x00\x00" + EHLO)
+
+
 # SMTP smuggling: none of these ends the first message; only the final <CR><LF>.<CR><LF> does.
 variants = {
     "lf-dot-lf": b"\n.\n",

@@ -23,6 +23,7 @@
 #include "mxhook/mail/received.hpp"
 #include "mxhook/smtp/data_decoder.hpp"
 #include "mxhook/smtp/protocol.hpp"
+#include "mxhook/smtp/proxy_protocol.hpp"
 
 namespace {
 
@@ -519,11 +520,33 @@ private:
     std::string outcome_text_;
 };
 
+// The PROXY protocol header a balancer sends first (SMTP_PROXY_PROTOCOL_FROM): whatever the
+// bytes, the parser decides within its bounds, never reads past the input, and a prefix of
+// a header it accepts is never "invalid" (a header split across reads must not be refused).
+void check_proxy_header(std::string_view bytes) {
+    using mxhook::smtp::ProxyParse;
+    const ProxyParse whole = mxhook::smtp::parse_proxy_header(bytes);
+    if (whole.status == ProxyParse::Status::done) {
+        if (whole.consumed == 0 || whole.consumed > bytes.size()) fail(__LINE__, "proxy: consumed out of range", bytes);
+        if (!whole.header.local && whole.header.source_ip.empty()) fail(__LINE__, "proxy: done without an address", bytes);
+        for (std::size_t cut = 0; cut < whole.consumed; cut += 1 + cut / 8) {
+            if (mxhook::smtp::parse_proxy_header(bytes.substr(0, cut)).status == ProxyParse::Status::invalid) {
+                fail(__LINE__, "proxy: a prefix of an accepted header was refused", bytes);
+            }
+        }
+    } else if (whole.status == ProxyParse::Status::need_more) {
+        if (bytes.size() >= mxhook::smtp::kMaxProxyV2Bytes) fail(__LINE__, "proxy: still asking for more past every bound", bytes);
+    } else if (whole.error.empty()) {
+        fail(__LINE__, "proxy: refused without a reason", bytes);
+    }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size < 2) return 0;
     const std::string_view stream(reinterpret_cast<const char*>(data) + 2, size - 2);
+    check_proxy_header(stream);
     Driver(stream, data[0], data[1]).run();
     return 0;
 }

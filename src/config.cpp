@@ -180,6 +180,36 @@ std::vector<HostPort> parse_dns_servers(const Reader& reader) {
     return out;
 }
 
+std::optional<Cidr> parse_cidr(std::string_view text) {
+    const auto slash = text.find('/');
+    const std::string address(text.substr(0, slash));
+    Cidr block;
+    block.v6 = address.find(':') != std::string::npos;
+    if (::inet_pton(block.v6 ? AF_INET6 : AF_INET, address.c_str(), block.bytes.data()) != 1) return std::nullopt;
+    const unsigned bits = block.v6 ? 128 : 32;
+    block.prefix = bits;
+    if (slash != std::string_view::npos) {
+        const auto prefix = parse_decimal(text.substr(slash + 1));
+        if (!prefix || *prefix > bits || text.substr(slash + 1).empty()) return std::nullopt;
+        block.prefix = static_cast<unsigned>(*prefix);
+    }
+    return block;
+}
+
+std::vector<Cidr> parse_proxy_from(const Reader& reader) {
+    constexpr std::string_view name = "SMTP_PROXY_PROTOCOL_FROM";
+    std::vector<Cidr> out;
+    auto text = reader.get(name);
+    if (!text) return out;
+    for (const auto& item : split_list(*text)) {
+        auto block = parse_cidr(item);
+        if (!block) fail(name, "not an address or address/prefix (e.g. 10.0.0.0/8, 2001:db8::/32)", item);
+        out.push_back(*block);
+    }
+    if (out.empty()) fail(name, "no address given", *text);
+    return out;
+}
+
 std::vector<ListenAddress> parse_listen(const Reader& reader) {
     auto text = reader.get("SMTP_LISTEN");
     if (!text) return {ListenAddress{"0.0.0.0", 25}};
@@ -327,12 +357,24 @@ std::vector<std::string> split_list(std::string_view text) {
     return out;
 }
 
+SpoolPaths load_spool_paths(const EnvLookup& env) {
+    Reader reader(env);
+    SpoolPaths p;
+    p.root = reader.path("SPOOL_DIR", Config().spool_dir);
+    p.tmp = reader.path("SPOOL_TMP_DIR", p.root / "tmp");
+    p.pending = reader.path("SPOOL_PENDING_DIR", p.root / "pending");
+    p.processing = reader.path("SPOOL_PROCESSING_DIR", p.root / "processing");
+    p.dead = reader.path("SPOOL_DEAD_DIR", p.root / "dead");
+    return p;
+}
+
 Config load_config(const EnvLookup& env) {
     Reader reader(env);
     Config c;
 
     c.smtp_listen = parse_listen(reader);
     c.dns_servers = parse_dns_servers(reader);
+    c.smtp_proxy_protocol_from = parse_proxy_from(reader);
     if (auto text = reader.get("METRICS_LISTEN")) c.metrics_listen = parse_host_port("METRICS_LISTEN", *text, std::nullopt);
     c.smtp_hostname = parse_hostname(reader);
     c.smtp_max_message_bytes = reader.count("SMTP_MAX_MESSAGE_BYTES", c.smtp_max_message_bytes);
@@ -368,11 +410,12 @@ Config load_config(const EnvLookup& env) {
         fail("ACCEPTED_DOMAINS", "must list at least one domain when ACCEPT_ALL_RECIPIENTS is false "
                                  "(otherwise every recipient would be refused)");
 
-    c.spool_dir = reader.path("SPOOL_DIR", c.spool_dir);
-    c.spool_tmp_dir = reader.path("SPOOL_TMP_DIR", c.spool_dir / "tmp");
-    c.spool_pending_dir = reader.path("SPOOL_PENDING_DIR", c.spool_dir / "pending");
-    c.spool_processing_dir = reader.path("SPOOL_PROCESSING_DIR", c.spool_dir / "processing");
-    c.spool_dead_dir = reader.path("SPOOL_DEAD_DIR", c.spool_dir / "dead");
+    const SpoolPaths paths = load_spool_paths(env);
+    c.spool_dir = paths.root;
+    c.spool_tmp_dir = paths.tmp;
+    c.spool_pending_dir = paths.pending;
+    c.spool_processing_dir = paths.processing;
+    c.spool_dead_dir = paths.dead;
 
     c.webhook_url = parse_http_url(reader, "WEBHOOK_URL", /*required=*/true);
     c.webhook_signing_key = reader.get("WEBHOOK_SIGNING_KEY").value_or("");
@@ -413,6 +456,138 @@ Config load_config(const EnvLookup& env) {
 
     c.log_level = parse_log_level(reader);
     return c;
+}
+
+namespace {
+
+constexpr const char* kMasked = "********";
+
+std::string joined_list(const std::vector<std::string>& items) {
+    std::string out;
+    for (const auto& item : items) {
+        if (!out.empty()) out += ',';
+        out += item;
+    }
+    return out;
+}
+
+std::string host_port_text(const HostPort& a) {
+    const bool v6 = a.host.find(':') != std::string::npos;
+    return (v6 ? "[" + a.host + "]" : a.host) + ":" + std::to_string(a.port);
+}
+
+std::string host_ports_text(const std::vector<HostPort>& list) {
+    std::vector<std::string> items;
+    for (const auto& a : list) items.push_back(host_port_text(a));
+    return joined_list(items);
+}
+
+// The URL with its password (if any) replaced, so that the output can be shared.
+std::string masked_url(const std::string& text) {
+    if (text.empty()) return text;
+    std::unique_ptr<CURLU, CurlUrlDeleter> url(curl_url());
+    if (!url || curl_url_set(url.get(), CURLUPART_URL, text.c_str(), CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK) {
+        return kMasked;  // checked at load time; never shown unparsed
+    }
+    char* raw = nullptr;
+    const bool has_password = curl_url_get(url.get(), CURLUPART_PASSWORD, &raw, 0) == CURLUE_OK;
+    CurlString password(raw);
+    if (!has_password) return text;
+    if (curl_url_set(url.get(), CURLUPART_PASSWORD, kMasked, 0) != CURLUE_OK) return kMasked;
+    raw = nullptr;
+    if (curl_url_get(url.get(), CURLUPART_URL, &raw, 0) != CURLUE_OK) return kMasked;
+    CurlString masked(raw);
+    return masked.get();
+}
+
+std::string millis_text(std::chrono::milliseconds ms) { return std::to_string(ms.count()); }
+
+std::string cidrs_text(const std::vector<Cidr>& blocks) {
+    std::vector<std::string> items;
+    for (const auto& b : blocks) {
+        char text[INET6_ADDRSTRLEN] = {};
+        ::inet_ntop(b.v6 ? AF_INET6 : AF_INET, b.bytes.data(), text, sizeof text);
+        items.push_back(std::string(text) + "/" + std::to_string(b.prefix));
+    }
+    return joined_list(items);
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
+    const auto flag = [](bool b) { return std::string(b ? "true" : "false"); };
+    const auto secret = [](const std::string& v) { return v.empty() ? std::string() : std::string(kMasked); };
+    const char* recipient_mode = c.webhook_recipient_mode == RecipientMode::each ? "each" : "joined";
+    const char* encoding = c.webhook_encoding == WebhookEncoding::urlencoded  ? "urlencoded"
+                           : c.webhook_encoding == WebhookEncoding::multipart ? "multipart"
+                                                                              : "auto";
+    const char* decision_mode = c.decision_mode == DecisionMode::summary ? "summary"
+                                : c.decision_mode == DecisionMode::full  ? "full"
+                                                                         : "minimal";
+    return {
+        {"WEBHOOK_URL", masked_url(c.webhook_url)},
+        {"WEBHOOK_SIGNING_KEY", secret(c.webhook_signing_key)},
+        {"WEBHOOK_CONCURRENCY", std::to_string(c.webhook_concurrency)},
+        {"WEBHOOK_TIMEOUT_MS", millis_text(c.webhook_timeout)},
+        {"WEBHOOK_RECIPIENT_MODE", recipient_mode},
+        {"WEBHOOK_ENCODING", encoding},
+        {"WEBHOOK_ROLE_URL", masked_url(c.webhook_role_url)},
+        {"ROLE_ADDRESSES", joined_list(c.role_addresses)},
+        {"WEBHOOK_DECISION_URL", masked_url(c.decision_url)},
+        {"WEBHOOK_DECISION_TOKEN", secret(c.decision_token)},
+        {"WEBHOOK_DECISION_PAYLOAD_MODE", decision_mode},
+        {"SMTP_LISTEN", host_ports_text(c.smtp_listen)},
+        {"SMTP_HOSTNAME", c.smtp_hostname},
+        {"SMTP_MAX_MESSAGE_BYTES", std::to_string(c.smtp_max_message_bytes)},
+        {"SMTP_MAX_RECIPIENTS", std::to_string(c.smtp_max_recipients)},
+        {"SMTP_BARE_LF", c.smtp_bare_lf == BareLfPolicy::reject ? "reject" : "normalize"},
+        {"SMTP_TIMEOUT_MS", millis_text(c.smtp_timeout)},
+        {"SMTP_MAX_SESSION_MS", millis_text(c.smtp_max_session)},
+        {"SMTP_MAX_CONNECTIONS", std::to_string(c.smtp_max_connections)},
+        {"SMTP_MAX_CONNECTIONS_PER_IP", std::to_string(c.smtp_max_connections_per_ip)},
+        {"SMTP_MAX_ERRORS", std::to_string(c.smtp_max_errors)},
+        {"SMTP_MAX_JUNK_COMMANDS", std::to_string(c.smtp_max_junk_commands)},
+        {"SMTP_MAX_HEADER_BYTES", std::to_string(c.smtp_max_header_bytes)},
+        {"SMTP_MAX_HEADER_LINES", std::to_string(c.smtp_max_header_lines)},
+        {"SMTP_MAX_RECEIVED_HEADERS", std::to_string(c.smtp_max_received_headers)},
+        {"SMTP_TLS_CERT_PATH", c.smtp_tls_cert_path},
+        {"SMTP_TLS_KEY_PATH", c.smtp_tls_key_path},
+        {"SMTP_TLS_WATCH_INTERVAL_MS", millis_text(c.smtp_tls_watch_interval)},
+        {"ACCEPT_ALL_RECIPIENTS", flag(c.accept_all_recipients)},
+        {"ACCEPTED_DOMAINS", joined_list(c.accepted_domains)},
+        {"SPOOL_DIR", c.spool_dir.string()},
+        {"SPOOL_TMP_DIR", c.spool_tmp_dir.string()},
+        {"SPOOL_PENDING_DIR", c.spool_pending_dir.string()},
+        {"SPOOL_PROCESSING_DIR", c.spool_processing_dir.string()},
+        {"SPOOL_DEAD_DIR", c.spool_dead_dir.string()},
+        {"SPOOL_MIN_FREE_BYTES", std::to_string(c.spool_min_free_bytes)},
+        {"SPOOL_WORKER_THREADS", std::to_string(c.spool_worker_threads)},
+        {"RETRY_SCAN_INTERVAL_MS", millis_text(c.retry_scan_interval)},
+        {"RETRY_INTERVAL_MS", millis_text(c.retry_interval)},
+        {"RETRY_MAX_INTERVAL_MS", millis_text(c.retry_max_interval)},
+        {"MAX_RETRY_AGE_MS", millis_text(c.max_retry_age)},
+        {"MAX_INTERRUPTED_ATTEMPTS", std::to_string(c.max_interrupted_attempts)},
+        {"DNS_SERVERS", host_ports_text(c.dns_servers)},
+        {"SMTP_PROXY_PROTOCOL_FROM", cidrs_text(c.smtp_proxy_protocol_from)},
+        {"METRICS_LISTEN", c.metrics_listen ? host_port_text(*c.metrics_listen) : std::string()},
+        {"LOG_LEVEL", c.log_level},
+        {"SHUTDOWN_GRACE_MS", millis_text(c.shutdown_grace)},
+    };
+}
+
+bool cidr_contains(const Cidr& block, std::string_view ip) {
+    const std::string text(ip);
+    std::array<unsigned char, 16> raw{};
+    const bool v6 = text.find(':') != std::string::npos;
+    if (v6 != block.v6 || ::inet_pton(v6 ? AF_INET6 : AF_INET, text.c_str(), raw.data()) != 1) return false;
+    unsigned left = block.prefix;
+    for (std::size_t i = 0; left > 0; ++i) {
+        const unsigned take = left >= 8 ? 8 : left;
+        const auto mask = static_cast<unsigned char>(0xff00u >> take);
+        if ((raw[i] & mask) != (block.bytes[i] & mask)) return false;
+        left -= take;
+    }
+    return true;
 }
 
 }  // namespace mxhook

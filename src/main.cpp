@@ -10,6 +10,7 @@
 #include "mxhook/smtp/tls.hpp"
 #include "mxhook/spool/disk_guard.hpp"
 #include "mxhook/spool/spool.hpp"
+#include "mxhook/tool/spool_command.hpp"
 #include "mxhook/webhook/dispatcher.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -99,23 +100,8 @@ int run(const Config& config) {
                         config.spool_dead_dir});
     spool.ensure_dirs();
     const spool::InstanceLock lock(config.spool_dir);
-    {
-        // check_layout blames the later of two clashing directories: put the ones set
-        // apart from their default (the likelier mistake) last.
-        std::vector<spool::NamedDir> dirs{{"SPOOL_TMP_DIR", config.spool_tmp_dir},
-                                          {"SPOOL_PENDING_DIR", config.spool_pending_dir},
-                                          {"SPOOL_PROCESSING_DIR", config.spool_processing_dir},
-                                          {"SPOOL_DEAD_DIR", config.spool_dead_dir}};
-        const std::vector<std::filesystem::path> defaults{config.spool_dir / "tmp", config.spool_dir / "pending",
-                                                          config.spool_dir / "processing", config.spool_dir / "dead"};
-        std::vector<spool::NamedDir> ordered;
-        for (int overridden = 0; overridden < 2; ++overridden) {
-            for (std::size_t i = 0; i < dirs.size(); ++i) {
-                if ((dirs[i].path != defaults[i]) == (overridden == 1)) ordered.push_back(dirs[i]);
-            }
-        }
-        spool::check_layout(ordered);
-    }
+    tool::check_spool_layout({config.spool_dir, config.spool_tmp_dir, config.spool_pending_dir,
+                              config.spool_processing_dir, config.spool_dead_dir});
     const auto recovered = spool.recover(config.max_interrupted_attempts);
     for (const auto& name : recovered.removed_tmp_names) {
         // "<id>.delivered": a delivered item that was on its way out or kept for reuse.
@@ -269,9 +255,25 @@ int main(int argc, char** argv) {
         std::cout << "mxhook " << MXHOOK_VERSION << " (commit " << MXHOOK_GIT_COMMIT << ")\n";
         return 0;
     }
+    if (command == "spool") {
+        return tool::spool_command(std::vector<std::string>(argv + 2, argv + argc), process_env(), std::cout,
+                                   std::cerr);
+    }
+    if (command == "config") {
+        // Like `postfix check`: the effective configuration, or why it is not valid.
+        try {
+            for (const auto& [name, value] : describe(load_config(process_env()))) {
+                std::cout << name << "=" << value << "\n";
+            }
+            return 0;
+        } catch (const ConfigError& e) {
+            std::cerr << "mxhook: configuration error: " << e.what() << std::endl;
+            return 1;
+        }
+    }
     if (!command.empty() && command != "healthcheck") {
-        std::cerr << "usage: mxhook [healthcheck | --version]   (configuration comes from the environment; see "
-                     "README)\n";
+        std::cerr << "usage: mxhook [healthcheck | config | spool <command> | --version]\n"
+                     "  (the configuration comes from the environment; see README)\n";
         return 2;
     }
     Config config;

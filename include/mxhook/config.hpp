@@ -2,6 +2,7 @@
 // The whole configuration, read once from the environment at start-up.
 // Every setting is an environment variable; every error names its variable.
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <string_view>
 #include <vector>
 
@@ -27,6 +29,15 @@ struct HostPort {
     std::uint16_t port = 25;
 };
 using ListenAddress = HostPort;
+
+// An address block, e.g. 10.0.0.0/8 or 2001:db8::/32 (a bare address is /32 or /128).
+struct Cidr {
+    std::array<unsigned char, 16> bytes{};  // IPv4 in the first 4
+    bool v6 = false;
+    unsigned prefix = 0;
+};
+// True when `ip` (text, IPv4 or IPv6) lies in the block. IPv4 never matches an IPv6 block.
+bool cidr_contains(const Cidr& block, std::string_view ip);
 
 enum class BareLfPolicy { normalize, reject };
 
@@ -59,6 +70,9 @@ struct Config {
     std::size_t smtp_max_header_bytes = 1048576;            // SMTP_MAX_HEADER_BYTES
     std::size_t smtp_max_header_lines = 10000;              // SMTP_MAX_HEADER_LINES
     std::size_t smtp_max_received_headers = 100;            // SMTP_MAX_RECEIVED_HEADERS
+    // Peers allowed to speak PROXY protocol v1/v2 (a load balancer); when set, the SMTP
+    // listeners take connections only from them, and only with a PROXY header.
+    std::vector<Cidr> smtp_proxy_protocol_from;             // SMTP_PROXY_PROTOCOL_FROM (empty: off)
 
     // STARTTLS (both paths or neither)
     std::string smtp_tls_cert_path;                         // SMTP_TLS_CERT_PATH (full chain, PEM)
@@ -117,6 +131,19 @@ using EnvLookup = std::function<std::optional<std::string>(std::string_view name
 
 // Reads the process environment.
 EnvLookup process_env();
+
+// Every setting with its effective value, in the README's order and the environment's
+// spelling ("SMTP_LISTEN", "0.0.0.0:25"), for `mxhook config`. Secrets are masked:
+// WEBHOOK_SIGNING_KEY and WEBHOOK_DECISION_TOKEN show as "********" when set, and the
+// password of a URL (https://user:secret@host/) as "********".
+std::vector<std::pair<std::string, std::string>> describe(const Config& config);
+
+// Where the spool is (SPOOL_DIR and the four state directories), without the rest of the
+// configuration: what `mxhook spool` needs, which must work without WEBHOOK_URL.
+struct SpoolPaths {
+    std::filesystem::path root, tmp, pending, processing, dead;
+};
+SpoolPaths load_spool_paths(const EnvLookup& env);
 
 // Builds the configuration; throws ConfigError naming the variable on any bad value.
 // Unset and empty variables take their defaults (except WEBHOOK_URL, which is required).

@@ -2,8 +2,10 @@
 
 #include "mxhook/listener.hpp"
 #include "mxhook/metrics/metrics.hpp"
+#include "mxhook/smtp/proxy_protocol.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -12,11 +14,19 @@
 #include <boost/asio/write.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <array>
 #include <stdexcept>
 
 namespace mxhook::smtp {
 namespace asio = boost::asio;
 using asio::ip::tcp;
+
+namespace {
+// A balancer sends its PROXY header at once; a peer that does not is not one. (Or within
+// SMTP_TIMEOUT_MS, when that is shorter.)
+constexpr auto kProxyHeaderTimeout = std::chrono::seconds(10);
+}  // namespace
 
 Server::Server(asio::io_context& io, SessionContext& context) : io_(io), context_(context) {}
 
@@ -59,29 +69,87 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
             address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
         }
         std::string ip = address.to_string();
-        if (sessions_.size() >= context_.config.smtp_max_connections) {
+        const auto& trusted = context_.config.smtp_proxy_protocol_from;
+        const bool proxied_listener = !trusted.empty();
+        if (proxied_listener &&
+            std::none_of(trusted.begin(), trusted.end(), [&ip](const Cidr& block) { return cidr_contains(block, ip); })) {
+            // Behind a balancer, a direct connection is someone going around it: no reply
+            // (not even "too many connections") that could tell it a server listens here.
+            spdlog::info("smtp peer={} refused: not in SMTP_PROXY_PROTOCOL_FROM", ip);
+            socket.close(ignored);
+            continue;
+        }
+        if (sessions_.size() + handshakes_.size() >= context_.config.smtp_max_connections) {
             refuse(std::move(socket), "421 4.7.0 Too many connections, try again later\r\n");
             metrics::global().smtp_refused_max_connections.add();
-            spdlog::warn("smtp client={} refused: {} connections open (SMTP_MAX_CONNECTIONS)", ip, sessions_.size());
+            spdlog::warn("smtp {}={} refused: {} connections open (SMTP_MAX_CONNECTIONS)",
+                         proxied_listener ? "peer" : "client", ip, sessions_.size() + handshakes_.size());
             continue;
         }
-        auto& from_ip = per_ip_[ip];
-        if (from_ip >= context_.config.smtp_max_connections_per_ip) {
-            refuse(std::move(socket), "421 4.7.0 Too many connections from your address, try again later\r\n");
-            metrics::global().smtp_refused_max_connections_per_ip.add();
-            spdlog::info("smtp client={} refused: {} connections from it (SMTP_MAX_CONNECTIONS_PER_IP)", ip, from_ip);
+        if (!proxied_listener) {
+            start_session(std::move(socket), std::move(ip), {});
             continue;
         }
-        ++from_ip;
-        auto session = std::make_shared<Session>(std::move(socket), context_, ip);
-        sessions_.emplace(session.get(), session);
-        metrics::global().smtp_connections.add();
-        metrics::global().smtp_connections_open.add();
-        // The lambda's capture keeps the session alive for as long as it runs.
-        asio::co_spawn(
-            io_, [session]() -> asio::awaitable<void> { co_await session->run(); },
-            [this, raw = session.get(), ip = std::move(ip)](std::exception_ptr) { session_ended(raw, ip); });
+        const std::uint64_t key = next_handshake_++;
+        asio::co_spawn(io_, proxied(std::move(socket), std::move(ip), key), asio::detached);
     }
+}
+
+asio::awaitable<void> Server::proxied(tcp::socket socket, std::string peer, std::uint64_t key) {
+    using namespace asio::experimental::awaitable_operators;
+    handshakes_.emplace(key, &socket);  // this frame's socket: stop() cancels its read
+    std::string bytes;
+    ProxyParse parsed;
+    const auto timeout = std::min<std::chrono::milliseconds>(kProxyHeaderTimeout, context_.config.smtp_timeout);
+    asio::steady_timer deadline(io_, timeout);
+    std::array<char, 512> chunk{};
+    while (parsed.status == ProxyParse::Status::need_more && !stopping_) {
+        auto raced = co_await (socket.async_read_some(asio::buffer(chunk), asio::as_tuple(asio::use_awaitable)) ||
+                               deadline.async_wait(asio::as_tuple(asio::use_awaitable)));
+        if (raced.index() == 1) {
+            parsed.status = ProxyParse::Status::invalid;
+            parsed.error = "no PROXY header within " + std::to_string(timeout.count()) + " ms";
+            break;
+        }
+        const auto [ec, n] = std::get<0>(raced);
+        if (ec) {
+            parsed.status = ProxyParse::Status::invalid;
+            parsed.error = "connection ended before the PROXY header: " + ec.message();
+            break;
+        }
+        bytes.append(chunk.data(), n);
+        parsed = parse_proxy_header(bytes);
+    }
+    handshakes_.erase(key);
+    boost::system::error_code ignored;
+    if (stopping_ || parsed.status != ProxyParse::Status::done) {
+        if (!stopping_) spdlog::info("smtp peer={} closed: {}", peer, parsed.error);
+        socket.close(ignored);
+        co_return;
+    }
+    std::string ip = parsed.header.local ? peer : std::move(parsed.header.source_ip);
+    spdlog::debug("smtp peer={} PROXY v{}: client {}", peer, parsed.header.version, ip);
+    start_session(std::move(socket), std::move(ip), bytes.substr(parsed.consumed));
+}
+
+void Server::start_session(tcp::socket socket, std::string ip, std::string initial_bytes) {
+    auto& from_ip = per_ip_[ip];
+    if (from_ip >= context_.config.smtp_max_connections_per_ip) {
+        refuse(std::move(socket), "421 4.7.0 Too many connections from your address, try again later\r\n");
+        metrics::global().smtp_refused_max_connections_per_ip.add();
+        spdlog::info("smtp client={} refused: {} connections from it (SMTP_MAX_CONNECTIONS_PER_IP)", ip, from_ip);
+        if (from_ip == 0) per_ip_.erase(ip);
+        return;
+    }
+    ++from_ip;
+    auto session = std::make_shared<Session>(std::move(socket), context_, ip, std::move(initial_bytes));
+    sessions_.emplace(session.get(), session);
+    metrics::global().smtp_connections.add();
+    metrics::global().smtp_connections_open.add();
+    // The lambda's capture keeps the session alive for as long as it runs.
+    asio::co_spawn(
+        io_, [session]() -> asio::awaitable<void> { co_await session->run(); },
+        [this, raw = session.get(), ip = std::move(ip)](std::exception_ptr) { session_ended(raw, ip); });
 }
 
 void Server::refuse(tcp::socket socket, std::string_view why) {
@@ -125,6 +193,10 @@ void Server::stop(std::function<void()> on_idle) {
     }
     for (auto& [raw, weak] : sessions_) {
         if (auto session = weak.lock()) session->shutdown();
+    }
+    for (auto& [key, socket] : handshakes_) {
+        boost::system::error_code ignored;
+        socket->cancel(ignored);  // the PROXY stage ends; its coroutine closes the socket
     }
     if (sessions_.empty() && on_idle_) {
         auto done = std::move(on_idle_);

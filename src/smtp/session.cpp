@@ -74,14 +74,19 @@ std::string joined(const std::vector<std::string>& items) {
 
 }  // namespace
 
-Session::Session(asio::ip::tcp::socket socket, SessionContext& context, std::string client_ip)
+Session::Session(asio::ip::tcp::socket socket, SessionContext& context, std::string client_ip,
+                 std::string_view initial_bytes)
     : socket_(std::move(socket)),
       context_(context),
       protocol_(context.protocol),
       watchdog_timer_(socket_.get_executor()),
       session_deadline_(std::chrono::steady_clock::now() + context.config.smtp_max_session),
       client_ip_(std::move(client_ip)),
-      host_lookup_timer_(socket_.get_executor(), kReverseLookupBound) {}
+      host_lookup_timer_(socket_.get_executor(), kReverseLookupBound) {
+    const std::size_t n = std::min(initial_bytes.size(), rbuf_.size());
+    std::memcpy(rbuf_.data(), initial_bytes.data(), n);
+    rlen_ = n;
+}
 
 void Session::arm_deadline() {
     if (!timed_out_) deadline_ = std::chrono::steady_clock::now() + context_.config.smtp_timeout;
@@ -120,14 +125,15 @@ void Session::shutdown() {
 // goes on. DATA waits for the answer only as long as the bound lets it
 // (host_lookup_timer_ expires kReverseLookupBound after the connect).
 void Session::lookup_client_host() {
+    // The client's address, not the peer's: behind a balancer they differ.
     boost::system::error_code ec;
-    const auto endpoint = socket_.remote_endpoint(ec);
+    const auto address = asio::ip::make_address(client_ip_, ec);
     if (ec || context_.reverse_dns == nullptr) {
         host_lookup_done_ = true;
         return;
     }
     std::weak_ptr<Session> weak = weak_from_this();
-    context_.reverse_dns->lookup(endpoint.address(), [weak](std::string name) {
+    context_.reverse_dns->lookup(address, [weak](std::string name) {
         auto self = weak.lock();
         if (!self) return;
         self->host_lookup_done_ = true;

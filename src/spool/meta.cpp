@@ -219,6 +219,10 @@ std::string to_json(const Meta& meta) {
         w.key("interruptedAttempts");
         w.number(meta.interrupted_attempts);
     }
+    if (meta.requeued_at) {
+        w.key("requeuedAt");
+        w.string(iso8601(*meta.requeued_at));
+    }
     w.close('}');
     out += '\n';
     return out;
@@ -372,8 +376,10 @@ private:
         } else if (k == "createdAt") {
             meta_.created_at = time_of(kind, text, k);
             seen_created_ = true;
-        } else if (k == "nextAttemptAt" || k == "lastAttemptAt") {
-            auto& field = k == "nextAttemptAt" ? meta_.next_attempt_at : meta_.last_attempt_at;
+        } else if (k == "nextAttemptAt" || k == "lastAttemptAt" || k == "requeuedAt") {
+            auto& field = k == "nextAttemptAt"   ? meta_.next_attempt_at
+                          : k == "lastAttemptAt" ? meta_.last_attempt_at
+                                                 : meta_.requeued_at;
             field = null ? std::nullopt : std::optional(time_of(kind, text, k));
         } else if (k == "sender" || k == "from" || k == "subject") {
             auto& field = k == "sender" ? meta_.sender : k == "from" ? meta_.from : meta_.subject;
@@ -437,7 +443,11 @@ bool reads_back_unchanged(const Meta& meta) {
         return std::all_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
     };
     const auto all_ascii = [&](const auto&... texts) { return (ascii(texts) && ...); };
-    if (chr::floor<chr::milliseconds>(meta.created_at) != meta.created_at) return false;
+    const auto whole_ms = [](Clock::time_point t) { return chr::floor<chr::milliseconds>(t) == t; };
+    if (!whole_ms(meta.created_at)) return false;
+    for (const auto* t : {&meta.next_attempt_at, &meta.last_attempt_at, &meta.requeued_at}) {
+        if (*t && !whole_ms(**t)) return false;
+    }
     if (!all_ascii(meta.id, meta.sender, meta.from, meta.subject, meta.remote.ip, meta.remote.host, meta.remote.helo))
         return false;
     if (meta.last_error && !ascii(*meta.last_error)) return false;

@@ -780,6 +780,80 @@ fs::path Spool::processing_message(const std::string& id) const {
     return item_dir(layout_.processing, id) / kMessageFile;
 }
 
+std::vector<std::string> Spool::list_dead() const {
+    return list_dir(layout_.dead, Entries::item_dirs);
+}
+
+// --- Spool: the operator's tool ---------------------------------------------------------------
+
+namespace {
+
+bool is_real_directory(const fs::path& path) {
+    struct stat st {};
+    return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+}  // namespace
+
+std::optional<Spool::State> Spool::locate(const std::string& id) const {
+    for (const State state : {State::pending, State::processing, State::dead}) {
+        if (is_real_directory(item_path(state, id))) return state;
+    }
+    return std::nullopt;
+}
+
+fs::path Spool::item_path(State state, const std::string& id) const {
+    switch (state) {
+        case State::pending: return item_dir(layout_.pending, id);
+        case State::processing: return item_dir(layout_.processing, id);
+        case State::dead: break;
+    }
+    return item_dir(layout_.dead, id);
+}
+
+namespace {
+
+// Why an item cannot be taken out of dead/: where it is instead.
+[[noreturn]] void not_dead(const std::optional<Spool::State>& where, const fs::path& dead_path) {
+    if (where == Spool::State::pending) throw_error(EALREADY, "already pending, not dead", dead_path);
+    if (where == Spool::State::processing) throw_error(EBUSY, "in use: a delivery is in flight", dead_path);
+    throw_error(ENOENT, "not found", dead_path);
+}
+
+}  // namespace
+
+void Spool::requeue(const std::string& id, Clock::time_point now) const {
+    const fs::path from = item_dir(layout_.dead, id);
+    if (!is_real_directory(from)) not_dead(locate(id), from);
+    // The same id may also be in pending/ or processing/ (a duplicate set aside after a
+    // crash): then nothing is changed, not even the dead copy's meta.json and error.txt.
+    if (is_real_directory(item_dir(layout_.pending, id))) not_dead(State::pending, from);
+    if (is_real_directory(item_dir(layout_.processing, id))) not_dead(State::processing, from);
+    now = std::chrono::floor<std::chrono::milliseconds>(now);  // as meta.json writes it
+    Meta meta = parse_meta(read_file(from / kMetaFile));
+    meta.attempts = 0;
+    meta.interrupted_attempts = 0;
+    meta.next_attempt_at = now;
+    meta.requeued_at = now;
+    replace_file_durable(from / kMetaFile, to_json(meta));
+    if (::unlink((from / kErrorFile).c_str()) != 0 && errno != ENOENT) throw_errno("remove", from / kErrorFile);
+    sync_dir(from);
+    rename_dir(from, item_dir(layout_.pending, id));
+    pending_sync_->sync();
+    sync_dir(layout_.dead);
+}
+
+void Spool::purge(const std::string& id) const {
+    const fs::path from = item_dir(layout_.dead, id);
+    if (!is_real_directory(from)) not_dead(locate(id), from);
+    const fs::path doomed = layout_.dead / (".purge-" + id);
+    rename_dir(from, doomed);
+    sync_dir(layout_.dead);
+    std::error_code ec;
+    fs::remove_all(doomed, ec);
+    if (ec) throw SpoolError(ec, "remove " + doomed.string());
+}
+
 std::vector<std::string> Spool::list_processing() const {
     return list_dir(layout_.processing, Entries::item_dirs);
 }

@@ -358,7 +358,7 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
         return out;
     }
     if (!claim()) return out;
-    if (config.max_retry_age.count() > 0 && now - out.meta.created_at > config.max_retry_age) {
+    if (config.max_retry_age.count() > 0 && now - spool::retry_age_origin(out.meta) > config.max_retry_age) {
         out.step = Prepared::too_old;
         return out;
     }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <string>
 
 namespace mxhook {
@@ -458,6 +459,90 @@ TEST(ConfigTest, RecipientModeRejectsOtherWords) {
 TEST(ConfigTest, RoleAddressesReplaceTheDefaultTrimmedAndLowerCased) {
     auto c = load({{"ROLE_ADDRESSES", " CEO, hr ,,Board "}});
     EXPECT_EQ(c.role_addresses, (std::vector<std::string>{"ceo", "hr", "board"}));
+}
+
+}  // namespace
+}  // namespace mxhook
+
+namespace mxhook {
+namespace {
+
+// `mxhook config` lists every variable the loader reads, once, in the loader's spelling.
+TEST(ConfigDescribe, ListsExactlyTheVariablesTheLoaderReads) {
+    std::set<std::string> asked;
+    const EnvLookup recorder = [&asked](std::string_view name) -> std::optional<std::string> {
+        asked.emplace(name);
+        if (name == "WEBHOOK_URL") return "http://127.0.0.1/hook";
+        return std::nullopt;
+    };
+    const auto described = describe(load_config(recorder));
+    std::set<std::string> listed;
+    for (const auto& [name, value] : described) EXPECT_TRUE(listed.insert(name).second) << name << " listed twice";
+    EXPECT_EQ(listed, asked);
+}
+
+TEST(ConfigDescribe, SecretsAndUrlPasswordsAreMasked) {
+    const auto c = load({{"WEBHOOK_URL", "https://user:hunter2@example.com/hook"},
+                         {"WEBHOOK_SIGNING_KEY", "topsecretkey"},
+                         {"WEBHOOK_DECISION_URL", "https://api:pw@decide.example/"},
+                         {"WEBHOOK_DECISION_TOKEN", "tok123"}});
+    std::map<std::string, std::string> shown;
+    for (const auto& [name, value] : describe(c)) shown[name] = value;
+    for (const auto& [name, value] : shown) {
+        for (const char* secret : {"hunter2", "topsecretkey", "tok123", ":pw@"}) {
+            EXPECT_EQ(value.find(secret), std::string::npos) << name << "=" << value;
+        }
+    }
+    EXPECT_EQ(shown["WEBHOOK_URL"], "https://user:********@example.com/hook");
+    EXPECT_EQ(shown["WEBHOOK_SIGNING_KEY"], "********");
+    EXPECT_EQ(shown["WEBHOOK_DECISION_TOKEN"], "********");
+    EXPECT_EQ(shown["SMTP_LISTEN"], "0.0.0.0:25");
+    EXPECT_EQ(shown["SPOOL_MIN_FREE_BYTES"], "100000000");
+    EXPECT_EQ(load({{"METRICS_LISTEN", "[::1]:9425"}}).metrics_listen->host, "::1");
+}
+
+TEST(ConfigDescribe, UnsetSecretsStayEmpty) {
+    std::map<std::string, std::string> shown;
+    for (const auto& [name, value] : describe(load({}))) shown[name] = value;
+    EXPECT_EQ(shown["WEBHOOK_SIGNING_KEY"], "");
+    EXPECT_EQ(shown["WEBHOOK_DECISION_TOKEN"], "");
+    EXPECT_EQ(shown["METRICS_LISTEN"], "");
+}
+
+}  // namespace
+}  // namespace mxhook
+
+namespace mxhook {
+namespace {
+
+TEST(ConfigProxy, OffUnlessSet) { EXPECT_TRUE(load({}).smtp_proxy_protocol_from.empty()); }
+
+TEST(ConfigProxy, BlocksAndBareAddresses) {
+    const auto c = load({{"SMTP_PROXY_PROTOCOL_FROM", "10.0.0.0/8, 127.0.0.1,2001:db8::/32,::1"}});
+    ASSERT_EQ(c.smtp_proxy_protocol_from.size(), 4u);
+    const auto& from = c.smtp_proxy_protocol_from;
+    EXPECT_TRUE(cidr_contains(from[0], "10.200.3.4"));
+    EXPECT_FALSE(cidr_contains(from[0], "11.0.0.1"));
+    EXPECT_TRUE(cidr_contains(from[1], "127.0.0.1"));
+    EXPECT_FALSE(cidr_contains(from[1], "127.0.0.2")) << "a bare address is a /32";
+    EXPECT_TRUE(cidr_contains(from[2], "2001:db8:ffff::1"));
+    EXPECT_FALSE(cidr_contains(from[2], "2001:db9::1"));
+    EXPECT_TRUE(cidr_contains(from[3], "::1"));
+    EXPECT_FALSE(cidr_contains(from[0], "::ffff:10.0.0.1")) << "IPv6 text never matches an IPv4 block";
+    EXPECT_FALSE(cidr_contains(from[0], "not an address"));
+}
+
+TEST(ConfigProxy, OddPrefixLengthsMaskBits) {
+    const auto c = load({{"SMTP_PROXY_PROTOCOL_FROM", "192.168.4.0/22,0.0.0.0/0"}});
+    EXPECT_TRUE(cidr_contains(c.smtp_proxy_protocol_from[0], "192.168.7.255"));
+    EXPECT_FALSE(cidr_contains(c.smtp_proxy_protocol_from[0], "192.168.8.0"));
+    EXPECT_TRUE(cidr_contains(c.smtp_proxy_protocol_from[1], "203.0.113.9")) << "/0 is everyone";
+}
+
+TEST(ConfigProxy, RejectsJunk) {
+    for (std::string bad : {"10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0/8", "lb.example.com", "10.0.0.0/8,x", ","}) {
+        expect_rejected("SMTP_PROXY_PROTOCOL_FROM", bad);
+    }
 }
 
 }  // namespace

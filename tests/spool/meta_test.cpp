@@ -240,6 +240,7 @@ std::string reference_json(const Meta& meta) {
     if (meta.last_attempt_at) j["lastAttemptAt"] = iso8601(*meta.last_attempt_at);
     if (meta.last_error) j["lastError"] = *meta.last_error;
     if (meta.interrupted_attempts > 0) j["interruptedAttempts"] = meta.interrupted_attempts;
+    if (meta.requeued_at) j["requeuedAt"] = iso8601(*meta.requeued_at);
     return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
@@ -278,6 +279,7 @@ TEST(MetaJson, DirectWriterMatchesTheDocumentDumpByteForByte) {
         if (round % 4 == 1) m.last_attempt_at = example_time();
         if (round % 4 == 1) m.last_error = random_bytes(rng, 50);
         if (round % 5 == 2) m.interrupted_attempts = round % 7;
+        if (round % 6 == 3) m.requeued_at = example_time() + std::chrono::milliseconds(round);
         ASSERT_EQ(to_json(m), reference_json(m)) << "round " << round;
     }
 }
@@ -300,9 +302,23 @@ TEST(MetaJson, RandomMetasReadBackToTheSameText) {
         if (round % 3 == 1) m.last_attempt_at = example_time();
         if (round % 3 == 1) m.last_error = random_bytes(rng, 50);
         if (round % 5 == 2) m.interrupted_attempts = round % 7;
+        if (round % 6 == 3) m.requeued_at = example_time() + std::chrono::milliseconds(round);
         const std::string text = to_json(m);
         ASSERT_EQ(to_json(parse_meta(text)), text) << "round " << round;
     }
+}
+
+TEST(MetaJson, RequeuedAtRestartsTheRetryAgeClock) {
+    Meta m = example_meta();
+    EXPECT_EQ(to_json(m).find("requeuedAt"), std::string::npos) << "written only once set";
+    EXPECT_EQ(retry_age_origin(m), m.created_at);
+    m.requeued_at = m.created_at + std::chrono::hours(48);
+    const Meta back = parse_meta(to_json(m));
+    ASSERT_TRUE(back.requeued_at.has_value());
+    EXPECT_EQ(*back.requeued_at, *m.requeued_at);
+    EXPECT_EQ(retry_age_origin(back), *m.requeued_at);
+    m.requeued_at = m.created_at - std::chrono::hours(1);  // a clock that went back: never earlier than createdAt
+    EXPECT_EQ(retry_age_origin(m), m.created_at);
 }
 
 TEST(MetaJson, UnknownFieldsAreSkippedAndTheLastOfARepeatedFieldCounts) {

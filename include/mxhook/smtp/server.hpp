@@ -9,6 +9,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -35,6 +36,12 @@ public:
 
 private:
     boost::asio::awaitable<void> accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
+    // SMTP_PROXY_PROTOCOL_FROM: reads the balancer's PROXY header (bounded in size and
+    // time), then starts the session for the client it names.
+    boost::asio::awaitable<void> proxied(boost::asio::ip::tcp::socket socket, std::string peer, std::uint64_t key);
+    // SMTP_MAX_CONNECTIONS_PER_IP for the client's address, then the session (with any
+    // bytes that arrived behind the PROXY header).
+    void start_session(boost::asio::ip::tcp::socket socket, std::string ip, std::string initial_bytes);
     void session_ended(Session* session, const std::string& ip);
     // Over SMTP_MAX_CONNECTIONS or SMTP_MAX_CONNECTIONS_PER_IP: 421 and close.
     void refuse(boost::asio::ip::tcp::socket socket, std::string_view why);
@@ -44,6 +51,9 @@ private:
     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
     std::unordered_map<Session*, std::weak_ptr<Session>> sessions_;
     std::unordered_map<std::string, std::size_t> per_ip_;  // open sessions by client address
+    // Connections still in their PROXY header, by key; they count towards SMTP_MAX_CONNECTIONS.
+    std::unordered_map<std::uint64_t, boost::asio::ip::tcp::socket*> handshakes_;
+    std::uint64_t next_handshake_ = 0;
     std::function<void()> on_idle_;
     bool stopping_ = false;
 };

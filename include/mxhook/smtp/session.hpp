@@ -55,8 +55,11 @@ struct SessionContext {
 
 class Session : public std::enable_shared_from_this<Session> {
 public:
-    // client_ip: the peer's address as text (IPv4-mapped IPv6 shown as IPv4).
-    Session(boost::asio::ip::tcp::socket socket, SessionContext& context, std::string client_ip);
+    // client_ip: the client's address as text (IPv4-mapped IPv6 shown as IPv4): the peer's,
+    // or the one a trusted balancer's PROXY header gave.
+    // initial_bytes: what arrived behind a PROXY header, read before anything else.
+    Session(boost::asio::ip::tcp::socket socket, SessionContext& context, std::string client_ip,
+            std::string_view initial_bytes = {});
 
     boost::asio::awaitable<void> run();
     // Server shutdown: an idle session answers 421 and closes at once; a session in

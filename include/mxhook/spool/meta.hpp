@@ -38,7 +38,16 @@ struct Meta {
     // crash or kill of the daemon, counted at start-up so a poison message is dead-lettered
     // instead of making the daemon crash-loop. haraka-webhook ignores the field.
     std::int64_t interrupted_attempts = 0;
+    // mxhook only ("requeuedAt", written when set): when an operator last moved the item
+    // back from dead/ (`mxhook spool requeue`). MAX_RETRY_AGE_MS counts from the later of
+    // this and createdAt, so a requeued message gets its retry window again.
+    std::optional<Clock::time_point> requeued_at;
 };
+
+// The time MAX_RETRY_AGE_MS counts from: createdAt, or requeuedAt when later.
+inline Clock::time_point retry_age_origin(const Meta& meta) {
+    return meta.requeued_at && *meta.requeued_at > meta.created_at ? *meta.requeued_at : meta.created_at;
+}
 
 // ISO-8601 UTC with milliseconds: "2026-11-25T17:03:14.123Z" (JavaScript's toISOString).
 std::string iso8601(Clock::time_point t);

@@ -197,6 +197,24 @@ public:
     // Entries that are not items (delivered items kept for reuse, stray files) are left out.
     Census census() const;
     std::vector<std::string> list_pending() const;
+    std::vector<std::string> list_dead() const;
+
+    // --- for the operator's `mxhook spool` (safe while a daemon runs: renames and atomic
+    // rewrites only, never a change to an item the daemon may be working on) ---
+    enum class State { pending, processing, dead };
+    // Where an item is; nullopt when in none of pending/, processing/, dead/.
+    std::optional<State> locate(const std::string& id) const;
+    std::filesystem::path item_path(State state, const std::string& id) const;
+    // dead/<id> back to pending/<id>, due now: meta.json rewritten in place first (attempts
+    // and interruptedAttempts 0, nextAttemptAt and requeuedAt `now`, so MAX_RETRY_AGE_MS
+    // counts again from here; lastError kept), error.txt removed,
+    // then the rename and the fsyncs of pending/ and dead/. Throws SpoolError: ENOENT when
+    // not in dead/ (EALREADY when pending, EBUSY when in processing), or what failed.
+    void requeue(const std::string& id, Clock::time_point now) const;
+    // Removes dead/<id>: renamed to dead/.purge-<id> first, so nobody sees half an item
+    // (a crash half-way leaves a dot-name that listings skip), then removed. Throws like
+    // requeue.
+    void purge(const std::string& id) const;
     // Reads and parses pending/<id>/meta.json (no move). Throws on error.
     Meta read_pending_meta(const std::string& id) const;
     // rename pending/<id> -> processing/<id>, fsync processing/. false when the item

@@ -90,6 +90,29 @@ Daemon::~Daemon() {
     if (pid_ > 0) kill9();
 }
 
+[[noreturn]] void exec_child(pid_t parent, int out_fd, int err_fd, char* const argv[], char* const envp[]) {
+    // Should the test process crash, the child goes with it instead of lingering.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    const int null_fd = ::open("/dev/null", O_RDONLY);
+    if (null_fd >= 0) ::dup2(null_fd, 0);
+    ::dup2(out_fd, 1);
+    ::dup2(err_fd, 2);
+    // No descriptor of the test process (webhook listener, SMTP clients) may leak into
+    // the child: a leaked listener would keep a "stopped" webhook's port open.
+    if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0) {
+        for (int fd = 3; fd < 4096; ++fd) ::close(fd);
+    }
+    ::signal(SIGPIPE, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::execve(argv[0], argv, envp);
+    const char msg[] = "itest: execve failed\n";
+    (void)!::write(2, msg, sizeof msg - 1);
+    ::_exit(127);
+}
+
 void Daemon::start() {
     if (pid_ > 0) throw std::logic_error("daemon already running");
     // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
@@ -119,28 +142,7 @@ void Daemon::start() {
         ::close(err_fd);
         throw std::system_error(errno, std::generic_category(), "fork");
     }
-    if (pid == 0) {
-        // Should the test process crash, the daemon goes with it instead of lingering.
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (::getppid() != parent) ::_exit(127);
-        const int null_fd = ::open("/dev/null", O_RDONLY);
-        if (null_fd >= 0) ::dup2(null_fd, 0);
-        ::dup2(out_fd, 1);
-        ::dup2(err_fd, 2);
-        // No descriptor of the test process (webhook listener, SMTP clients) may leak into
-        // the daemon: a leaked listener would keep a "stopped" webhook's port open.
-        if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0) {
-            for (int fd = 3; fd < 4096; ++fd) ::close(fd);
-        }
-        ::signal(SIGPIPE, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        ::execve(argv[0], argv, envp.data());
-        const char msg[] = "itest: execve failed\n";
-        (void)!::write(2, msg, sizeof msg - 1);
-        ::_exit(127);
-    }
+    if (pid == 0) exec_child(parent, out_fd, err_fd, argv, envp.data());
     ::close(out_fd);
     ::close(err_fd);
     pid_ = pid;

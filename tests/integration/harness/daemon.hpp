@@ -24,6 +24,11 @@ struct ExitStatus {
     std::string describe() const;
 };
 
+// In a child just forked by `parent`: stdin from /dev/null, stdout and stderr to the given
+// descriptors, no other descriptor inherited, default signals, then execve. Dies with the
+// parent. Never returns.
+[[noreturn]] void exec_child(pid_t parent, int out_fd, int err_fd, char* const argv[], char* const envp[]);
+
 class Daemon {
 public:
     // stdout and stderr go to `log_path`; with `stderr_path`, stderr goes there instead.

@@ -111,12 +111,16 @@ Env IntegrationTest::base_env(unsigned short smtp_port) const {
     };
 }
 
-bool IntegrationTest::start_daemon(const Env& overrides) {
-    Env env = base_env(free_port());
+Env IntegrationTest::with_overrides(Env base, const Env& overrides) {
     for (const auto& [key, value] : overrides) {
-        if (value.empty()) env.erase(key);
-        else env[key] = value;
+        if (value.empty()) base.erase(key);
+        else base[key] = value;
     }
+    return base;
+}
+
+bool IntegrationTest::start_daemon(const Env& overrides) {
+    Env env = with_overrides(base_env(free_port()), overrides);
     const auto log = tmp_.path() / ("daemon-" + std::to_string(daemons_.size() + 1) + ".log");
     daemons_.push_back(std::make_unique<Daemon>(mxhook_binary(), env, log));
     Daemon& d = *daemons_.back();

@@ -61,6 +61,9 @@ protected:
     // webhook, a signing key, fast retries, debug logs.
     Env base_env(unsigned short smtp_port) const;
 
+    // `base` with `overrides` applied (an empty value unsets the variable).
+    static Env with_overrides(Env base, const Env& overrides);
+
     // Starts mxhook with base_env() plus `overrides` (an empty value unsets the variable)
     // and waits until it greets. False (with a failure recorded) when it does not.
     bool start_daemon(const Env& overrides = {});

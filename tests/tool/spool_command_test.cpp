@@ -1,0 +1,53 @@
+// The spool tool's small parsers and formats; its commands are tested against a spool the
+// real daemon wrote, in tests/integration/spool_tool_test.cpp.
+
+#include "mxhook/tool/spool_command.hpp"
+
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+namespace mxhook::tool {
+namespace {
+
+using std::chrono::seconds;
+
+TEST(ParseDuration, UnitsAndPlainSeconds) {
+    EXPECT_EQ(parse_duration("90s"), seconds(90));
+    EXPECT_EQ(parse_duration("15m"), seconds(900));
+    EXPECT_EQ(parse_duration("12h"), seconds(43200));
+    EXPECT_EQ(parse_duration("7d"), seconds(604800));
+    EXPECT_EQ(parse_duration("42"), seconds(42));
+    EXPECT_EQ(parse_duration("0"), seconds(0));
+}
+
+TEST(ParseDuration, RejectsWhatIsNotOne) {
+    for (const char* bad : {"", "d", "soon", "-5m", "1.5h", "7 d", "3w", "99999999999999999999d", "1e3"}) {
+        EXPECT_FALSE(parse_duration(bad).has_value()) << bad;
+    }
+}
+
+TEST(HumanAge, TwoLargestUnitsWithoutEmptyOnes) {
+    EXPECT_EQ(human_age(seconds(0)), "0s");
+    EXPECT_EQ(human_age(seconds(42)), "42s");
+    EXPECT_EQ(human_age(seconds(90)), "1m 30s");
+    EXPECT_EQ(human_age(seconds(3725)), "1h 2m");
+    EXPECT_EQ(human_age(seconds(3601)), "1h");
+    EXPECT_EQ(human_age(seconds(86400 * 3 + 3600 * 4 + 5)), "3d 4h");
+}
+
+TEST(SpoolCommand, NoCommandIsAUsageError) {
+    std::ostringstream out, err;
+    EXPECT_EQ(spool_command({}, [](std::string_view) { return std::optional<std::string>(); }, out, err), kExitUsage);
+    EXPECT_NE(err.str().find("usage: mxhook spool"), std::string::npos);
+}
+
+TEST(SpoolCommand, BadDurationIsAUsageErrorBeforeTheSpoolIsTouched) {
+    std::ostringstream out, err;
+    const auto env = [](std::string_view) { return std::optional<std::string>("/nonexistent/spool"); };
+    EXPECT_EQ(spool_command({"purge", "--older-than", "soon"}, env, out, err), kExitUsage);
+    EXPECT_NE(err.str().find("not a duration"), std::string::npos) << err.str();
+}
+
+}  // namespace
+}  // namespace mxhook::tool
