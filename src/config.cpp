@@ -455,6 +455,7 @@ Config load_config(const EnvLookup& env) {
                       /*allow_zero=*/false, 1000000));
 
     c.log_level = parse_log_level(reader);
+    c.log_json = parse_choice<bool>(reader, "LOG_FORMAT", {{"text", false}, {"json", true}});
     return c;
 }
 
@@ -571,6 +572,7 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
         {"SMTP_PROXY_PROTOCOL_FROM", cidrs_text(c.smtp_proxy_protocol_from)},
         {"METRICS_LISTEN", c.metrics_listen ? host_port_text(*c.metrics_listen) : std::string()},
         {"LOG_LEVEL", c.log_level},
+        {"LOG_FORMAT", c.log_json ? "json" : "text"},
         {"SHUTDOWN_GRACE_MS", millis_text(c.shutdown_grace)},
     };
 }

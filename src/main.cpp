@@ -4,6 +4,7 @@
 #include "mxhook/decision/client.hpp"
 #include "mxhook/healthcheck.hpp"
 #include "mxhook/http/client.hpp"
+#include "mxhook/log_format.hpp"
 #include "mxhook/metrics/metrics.hpp"
 #include "mxhook/metrics/server.hpp"
 #include "mxhook/smtp/server.hpp"
@@ -42,7 +43,8 @@ constexpr std::size_t kReverseDnsMaxInFlight = 256;
 void setup_logging(const Config& config) {
     auto logger = spdlog::stderr_color_mt("mxhook");
     spdlog::set_default_logger(logger);
-    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc);
+    if (config.log_json) spdlog::set_formatter(make_json_formatter());
+    else spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ %v", spdlog::pattern_time_type::utc);
     spdlog::set_level(spdlog::level::from_str(config.log_level));
 }
 

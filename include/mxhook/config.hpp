@@ -125,6 +125,7 @@ struct Config {
     // Operation
     std::optional<HostPort> metrics_listen;                 // METRICS_LISTEN (unset: no HTTP endpoint)
     std::string log_level = "info";                         // LOG_LEVEL: trace debug info warn error critical off
+    bool log_json = false;                                  // LOG_FORMAT: text (default) or json
 };
 
 using EnvLookup = std::function<std::optional<std::string>(std::string_view name)>;
