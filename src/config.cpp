@@ -483,7 +483,8 @@ std::string host_ports_text(const std::vector<HostPort>& list) {
     return joined_list(items);
 }
 
-// The URL with its password (if any) replaced, so that the output can be shared.
+}  // namespace
+
 std::string masked_url(const std::string& text) {
     if (text.empty()) return text;
     std::unique_ptr<CURLU, CurlUrlDeleter> url(curl_url());
@@ -500,6 +501,8 @@ std::string masked_url(const std::string& text) {
     CurlString masked(raw);
     return masked.get();
 }
+
+namespace {
 
 std::string millis_text(std::chrono::milliseconds ms) { return std::to_string(ms.count()); }
 

@@ -20,6 +20,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
 
 #include <chrono>
 #include <csignal>
@@ -178,7 +179,10 @@ int run(const Config& config) {
     server.start();
     if (metrics_server) metrics_server->start();
     dispatcher.start();
-    spdlog::info("mxhook ready: webhook {}", config.webhook_url);
+    spdlog::info("mxhook ready: webhook {}", masked_url(config.webhook_url));
+    // systemd (Type=notify): started once every listener is up. Without NOTIFY_SOCKET
+    // (not under systemd) this does nothing.
+    sd_notify(0, "READY=1\nSTATUS=taking mail");
 
     // Graceful stop: stop accepting, let DATA transactions and POSTs in flight finish
     // within SHUTDOWN_GRACE_MS, then leave whatever remains for start-up recovery.
@@ -202,6 +206,7 @@ int run(const Config& config) {
 
     signals.async_wait([&](const boost::system::error_code& ec, int signal) {
         if (ec) return;
+        sd_notify(0, "STOPPING=1\nSTATUS=finishing transactions and deliveries in flight");
         hangup.cancel();
         disk_guard.stop();
         if (tls) tls->stop();

@@ -138,6 +138,8 @@ EnvLookup process_env();
 // WEBHOOK_SIGNING_KEY and WEBHOOK_DECISION_TOKEN show as "********" when set, and the
 // password of a URL (https://user:secret@host/) as "********".
 std::vector<std::pair<std::string, std::string>> describe(const Config& config);
+// A URL as it may be shown (logs, `mxhook config`): its password, if any, as "********".
+std::string masked_url(const std::string& url);
 
 // Where the spool is (SPOOL_DIR and the four state directories), without the rest of the
 // configuration: what `mxhook spool` needs, which must work without WEBHOOK_URL.

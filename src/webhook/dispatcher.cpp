@@ -40,7 +40,19 @@ using Clock = std::chrono::system_clock;
 
 Dispatcher::Dispatcher(asio::io_context& io, asio::thread_pool& pool, const spool::Spool& spool,
                        http::Client& client, const Config& config)
-    : io_(io), pool_(pool), spool_(spool), client_(client), config_(config), scan_timer_(io) {}
+    : io_(io),
+      pool_(pool),
+      spool_(spool),
+      client_(client),
+      config_(config),
+      scan_timer_(io),
+      shown_webhook_url_(masked_url(config.webhook_url)),
+      shown_role_url_(masked_url(config.webhook_role_url)) {}
+
+const std::string& Dispatcher::shown(const std::string& url) const {
+    // A password in a URL (https://user:secret@host/) stays out of the log.
+    return url == config_.webhook_role_url && !url.empty() ? shown_role_url_ : shown_webhook_url_;
+}
 
 namespace {
 
@@ -462,14 +474,14 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
             }
             not_before_.erase(id);
             count_delivered(settled.meta);
-            spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, url, status,
+            spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, shown(url), status,
                          response.duration.count());
             break;
         }
         case Settle::dead_letter:
             if (co_await dead_letter(id, &settled.meta, "")) {
                 metrics::global().deliveries[static_cast<std::size_t>(metrics::DeliveryOutcome::dead_lettered)].add();
-                spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, url, status,
+                spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, shown(url), status,
                              response.duration.count());
             }
             break;
@@ -482,7 +494,7 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
             not_before_[id] = *settled.meta.next_attempt_at;
             metrics::global().deliveries[static_cast<std::size_t>(metrics::DeliveryOutcome::retried)].add();
             spdlog::warn("delivery id={} url={} status={} ms={} outcome=retry attempts={} error=\"{}\" next={}", id,
-                         url, status, response.duration.count(), settled.meta.attempts, *settled.meta.last_error,
+                         shown(url), status, response.duration.count(), settled.meta.attempts, *settled.meta.last_error,
                          spool::iso8601(*settled.meta.next_attempt_at));
             break;
         }

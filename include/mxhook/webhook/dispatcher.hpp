@@ -106,6 +106,8 @@ private:
     void forget_known(const std::string& id);
     void pump();
     void delivery_done(const std::string& id);
+    // WEBHOOK_URL and WEBHOOK_ROLE_URL as the log shows them (password masked), made once.
+    const std::string& shown(const std::string& url) const;
 
     boost::asio::io_context& io_;
     boost::asio::thread_pool& pool_;
@@ -113,6 +115,8 @@ private:
     http::Client& client_;
     const Config& config_;
     boost::asio::steady_timer scan_timer_;
+    std::string shown_webhook_url_;
+    std::string shown_role_url_;
     // Waiting for a slot: by due time, then by order of enqueue().
     std::set<std::tuple<std::chrono::system_clock::time_point, std::uint64_t, std::string>> ready_;
     std::uint64_t enqueued_ = 0;
