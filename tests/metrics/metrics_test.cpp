@@ -4,7 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <iterator>
 #include <map>
+#include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -139,6 +143,47 @@ TEST(TlsVersionNames, OpenSslNamesMapToTheirLabel) {
     EXPECT_EQ(tls_version_from("TLSv1.2"), TlsVersion::tls1_2);
     EXPECT_EQ(tls_version_from("TLSv1"), TlsVersion::tls1_0);
     EXPECT_EQ(tls_version_from("unknown"), TlsVersion::other);
+}
+
+}  // namespace
+}  // namespace mxhook::metrics
+
+namespace mxhook::metrics {
+namespace {
+
+// The alert rules and the Grafana dashboard shipped in contrib/ only name metrics that
+// mxhook exports: a renamed metric must not leave a silent alert or an empty panel.
+TEST(ShippedQueries, NameOnlyExportedMetrics) {
+    Metrics m;
+    m.spool_free_bytes.set(1);
+    SpoolSnapshot spool;
+    spool.ok = true;
+    std::set<std::string> families;
+    std::istringstream exposition(render(m, spool, {"v", "c"}, true));
+    std::string line;
+    while (std::getline(exposition, line)) {
+        if (line.rfind("# TYPE ", 0) == 0) families.insert(line.substr(7, line.find(' ', 7) - 7));
+    }
+    for (const char* file : {"contrib/prometheus/alerts.yml", "contrib/grafana/mxhook.json"}) {
+        std::ifstream in(std::string(MXHOOK_SOURCE_DIR) + "/" + file);
+        ASSERT_TRUE(in) << file;
+        const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const std::regex name(R"(mxhook_[a-z_]+)");
+        std::size_t used = 0;
+        for (auto it = std::sregex_iterator(text.begin(), text.end(), name); it != std::sregex_iterator(); ++it) {
+            std::string metric = it->str();
+            for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+                const std::string s(suffix);
+                if (metric.size() > s.size() && metric.ends_with(s) &&
+                    families.count(metric.substr(0, metric.size() - s.size()))) {
+                    metric.resize(metric.size() - s.size());
+                }
+            }
+            EXPECT_TRUE(families.count(metric)) << file << " uses " << it->str() << ", which mxhook does not export";
+            ++used;
+        }
+        EXPECT_GT(used, 5u) << file;
+    }
 }
 
 }  // namespace
