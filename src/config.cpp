@@ -180,6 +180,23 @@ std::vector<HostPort> parse_dns_servers(const Reader& reader) {
     return out;
 }
 
+// "spf,dkim,dmarc", any subset, or "none".
+void parse_auth_checks(const Reader& reader, Config& c) {
+    constexpr std::string_view name = "AUTH_CHECKS";
+    auto text = reader.get(name);
+    if (!text) return;
+    c.auth_spf = c.auth_dkim = c.auth_dmarc = false;
+    const auto items = split_list(*text);
+    if (items.size() == 1 && items.front() == "none") return;
+    for (const auto& item : items) {
+        if (item == "spf") c.auth_spf = true;
+        else if (item == "dkim") c.auth_dkim = true;
+        else if (item == "dmarc") c.auth_dmarc = true;
+        else fail(name, "expected a comma list of spf, dkim, dmarc, or none", *text);
+    }
+    if (items.empty()) fail(name, "expected a comma list of spf, dkim, dmarc, or none", *text);
+}
+
 std::optional<Cidr> parse_cidr(std::string_view text) {
     const auto slash = text.find('/');
     const std::string address(text.substr(0, slash));
@@ -374,6 +391,9 @@ Config load_config(const EnvLookup& env) {
 
     c.smtp_listen = parse_listen(reader);
     c.dns_servers = parse_dns_servers(reader);
+    parse_auth_checks(reader, c);
+    c.auth_dns_timeout = reader.millis("AUTH_DNS_TIMEOUT_MS", c.auth_dns_timeout);
+    c.auth_public_suffix_list = reader.path("AUTH_PUBLIC_SUFFIX_LIST", c.auth_public_suffix_list);
     c.smtp_proxy_protocol_from = parse_proxy_from(reader);
     if (auto text = reader.get("METRICS_LISTEN")) c.metrics_listen = parse_host_port("METRICS_LISTEN", *text, std::nullopt);
     c.smtp_hostname = parse_hostname(reader);
@@ -506,6 +526,16 @@ namespace {
 
 std::string millis_text(std::chrono::milliseconds ms) { return std::to_string(ms.count()); }
 
+std::string auth_checks_text(const Config& c) {
+    std::string out;
+    for (const auto& [on, name] : {std::pair{c.auth_spf, "spf"}, {c.auth_dkim, "dkim"}, {c.auth_dmarc, "dmarc"}}) {
+        if (!on) continue;
+        if (!out.empty()) out += ',';
+        out += name;
+    }
+    return out.empty() ? "none" : out;
+}
+
 std::string cidrs_text(const std::vector<Cidr>& blocks) {
     std::vector<std::string> items;
     for (const auto& b : blocks) {
@@ -572,6 +602,9 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
         {"MAX_RETRY_AGE_MS", millis_text(c.max_retry_age)},
         {"MAX_INTERRUPTED_ATTEMPTS", std::to_string(c.max_interrupted_attempts)},
         {"DNS_SERVERS", host_ports_text(c.dns_servers)},
+        {"AUTH_CHECKS", auth_checks_text(c)},
+        {"AUTH_DNS_TIMEOUT_MS", millis_text(c.auth_dns_timeout)},
+        {"AUTH_PUBLIC_SUFFIX_LIST", c.auth_public_suffix_list.string()},
         {"SMTP_PROXY_PROTOCOL_FROM", cidrs_text(c.smtp_proxy_protocol_from)},
         {"METRICS_LISTEN", c.metrics_listen ? host_port_text(*c.metrics_listen) : std::string()},
         {"LOG_LEVEL", c.log_level},

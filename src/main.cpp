@@ -1,5 +1,6 @@
 // mxhook: wiring only. Read the configuration, build the pieces, run the loop.
 
+#include "mxhook/auth/checker.hpp"
 #include "mxhook/config.hpp"
 #include "mxhook/decision/client.hpp"
 #include "mxhook/healthcheck.hpp"
@@ -156,15 +157,35 @@ int run(const Config& config) {
     protocol.max_header_bytes = config.smtp_max_header_bytes;
     protocol.max_header_lines = config.smtp_max_header_lines;
     protocol.tls_available = tls != nullptr;
-    // Client names (PTR) for the trace header and remote.host, asked on the io thread.
-    smtp::ReverseDns reverse_dns(io, {kReverseDnsMaxInFlight, config.dns_servers});
+    // Client names (PTR) for the trace header and remote.host, and the records sender
+    // authentication reads, asked on the io thread.
+    dns::Resolver resolver(io, {kReverseDnsMaxInFlight, config.dns_servers});
+    // Sender authentication after DATA (AUTH_CHECKS): a library that cannot start ends the start.
+    std::unique_ptr<auth::Checker> checker;
+    if (config.auth_spf || config.auth_dkim || config.auth_dmarc) {
+        auth::Checker::Options options;
+        options.checks = {config.auth_spf, config.auth_dkim, config.auth_dmarc};
+        options.authserv_id = config.smtp_hostname;
+        options.dns_timeout = config.auth_dns_timeout;
+        options.public_suffix_list = config.auth_public_suffix_list;
+        std::error_code ec;
+        if (config.auth_dmarc && !std::filesystem::is_regular_file(options.public_suffix_list, ec))
+            throw ConfigError("AUTH_PUBLIC_SUFFIX_LIST: cannot read " + options.public_suffix_list.string() +
+                              " (DMARC needs the public suffix list: install Debian's publicsuffix, or leave dmarc out "
+                              "of AUTH_CHECKS)");
+        try {
+            checker = std::make_unique<auth::Checker>(resolver, pool, std::move(options));
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(std::string("AUTH_CHECKS: ") + e.what());
+        }
+    }
     spool::DiskGuard disk_guard(io, pool, config.spool_tmp_dir, config.spool_min_free_bytes);
     disk_guard.start();
     smtp::SessionContext context{config, protocol, spool, pool,
                                  [&dispatcher](const std::string& id, std::optional<spool::Meta> meta) {
                                      dispatcher.notify(id, std::move(meta));
                                  }, &decision,
-                                 tls.get(), &reverse_dns, &disk_guard};
+                                 tls.get(), &resolver, &disk_guard, checker.get()};
     smtp::Server server(io, context);
     server.listen(config.smtp_listen);
     std::unique_ptr<metrics::Server> metrics_server;
@@ -235,7 +256,7 @@ int run(const Config& config) {
         }
     }
     if (metrics_server) metrics_server->stop();
-    reverse_dns.stop();  // before the io_context goes: no answer is posted to it any more
+    resolver.stop();  // before the io_context goes: no answer is posted to it any more
     client.shutdown();
     pool.join();
     // Attempts the grace period cut short were stopped by us, not by a crash: give them

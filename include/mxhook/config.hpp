@@ -119,8 +119,13 @@ struct Config {
     std::chrono::milliseconds max_retry_age{0};              // MAX_RETRY_AGE_MS (0 = for ever)
     std::int64_t max_interrupted_attempts = 3;              // MAX_INTERRUPTED_ATTEMPTS (poison messages)
 
-    // DNS (client names today; sender checks later)
+    // DNS (client names and sender authentication)
     std::vector<HostPort> dns_servers;                      // DNS_SERVERS (empty: /etc/resolv.conf)
+
+    // Sender authentication: which checks run after DATA, and their bound per message
+    bool auth_spf = true, auth_dkim = true, auth_dmarc = true;  // AUTH_CHECKS ("none": all off)
+    std::chrono::milliseconds auth_dns_timeout{5000};        // AUTH_DNS_TIMEOUT_MS
+    std::filesystem::path auth_public_suffix_list{"/usr/share/publicsuffix/public_suffix_list.dat"};  // AUTH_PUBLIC_SUFFIX_LIST
 
     // Operation
     std::optional<HostPort> metrics_listen;                 // METRICS_LISTEN (unset: no HTTP endpoint)

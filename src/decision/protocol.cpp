@@ -32,7 +32,7 @@ std::string optional_text(const Json& object, const char* key) {
 
 }  // namespace
 
-std::string request_body(const spool::Meta& meta, DecisionMode mode, std::string_view raw_mime) {
+std::string request_body(const spool::Meta& meta, DecisionMode mode, std::string_view raw_mime, const Json& auth) {
     Json message;
     message["id"] = meta.id;
     message["createdAt"] = spool::iso8601(meta.created_at);
@@ -47,6 +47,7 @@ std::string request_body(const spool::Meta& meta, DecisionMode mode, std::string
         message["headers"] = std::move(headers);
     }
     if (mode == DecisionMode::full) message["rawMime"] = std::string(raw_mime);
+    if (!auth.is_null()) message["auth"] = auth;
 
     Json body;
     body["protocol"] = kProtocol;

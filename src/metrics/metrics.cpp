@@ -172,6 +172,20 @@ std::string render(const Metrics& m, const SpoolSnapshot& spool, const BuildInfo
         sample(out, "mxhook_decisions_total", label("outcome", decision_names[i]), m.decisions[i].value());
     }
 
+    family(out, "mxhook_auth_results_total", "counter",
+           "Sender authentication results by check (spf, dkim, dmarc) and result; dkim counts one per message.");
+    static constexpr std::array<std::string_view, kAuthChecks> check_names{"spf", "dkim", "dmarc"};
+    static constexpr std::array<std::string_view, kAuthResults> result_names{
+        "none", "pass", "fail", "softfail", "neutral", "temperror", "permerror"};
+    for (std::size_t c = 0; c < kAuthChecks; ++c) {
+        for (std::size_t r = 0; r < kAuthResults; ++r) {
+            if (c != 0 && (r == 3 || r == 4)) continue;  // softfail and neutral are SPF's only
+            sample(out, "mxhook_auth_results_total",
+                   label("check", check_names[c]) + "," + label("result", result_names[r]),
+                   m.auth_results[c][r].value());
+        }
+    }
+
     family(out, "mxhook_deliveries_total", "counter",
            "Webhook delivery attempts by outcome: delivered (2xx), retried later, dead-lettered.");
     static constexpr std::array<std::string_view, kDeliveryOutcomes> delivery_names{"delivered", "retried",

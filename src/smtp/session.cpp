@@ -5,6 +5,7 @@
 #include "mxhook/mail/received.hpp"
 #include "mxhook/metrics/metrics.hpp"
 
+#include <boost/algorithm/string/predicate.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -34,6 +35,16 @@ void count_decision(decision::Verdict verdict) {
                                     : verdict == decision::Verdict::silent_deny ? DecisionOutcome::silent_deny
                                                                                 : DecisionOutcome::error;
     metrics::global().decisions[static_cast<std::size_t>(outcome)].add();
+}
+
+void count_verdicts(const auth::Verdicts& verdicts) {
+    auto& counted = metrics::global();
+    const auto add = [&counted](metrics::AuthCheck check, auth::Result result) {
+        counted.auth_results[static_cast<std::size_t>(check)][static_cast<std::size_t>(result)].add();
+    };
+    if (verdicts.spf) add(metrics::AuthCheck::spf, verdicts.spf->result);
+    if (verdicts.dkim) add(metrics::AuthCheck::dkim, auth::dkim_summary(*verdicts.dkim));
+    if (verdicts.dmarc) add(metrics::AuthCheck::dmarc, verdicts.dmarc->result);
 }
 
 // RFC 5321 4.5.3.1.4: a command line is at most 512 octets, CRLF included.
@@ -128,12 +139,12 @@ void Session::lookup_client_host() {
     // The client's address, not the peer's: behind a balancer they differ.
     boost::system::error_code ec;
     const auto address = asio::ip::make_address(client_ip_, ec);
-    if (ec || context_.reverse_dns == nullptr) {
+    if (ec || context_.dns == nullptr) {
         host_lookup_done_ = true;
         return;
     }
     std::weak_ptr<Session> weak = weak_from_this();
-    context_.reverse_dns->lookup(address, [weak](std::string name) {
+    context_.dns->lookup(address, [weak](std::string name) {
         auto self = weak.lock();
         if (!self) return;
         self->host_lookup_done_ = true;
@@ -346,20 +357,31 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
         co_await discard(draft);
         co_return finish(in, *refused);
     }
-    // Without a decision API the rest of the message, meta.json and the commit go to the
-    // pool in one hand-off; with one, the commit waits for its answer.
+    // Without a decision API or sender checks the rest of the message, meta.json and the
+    // commit go to the pool in one hand-off; with either, the commit waits for them.
     const bool deciding = context_.decision != nullptr && context_.decision->enabled();
-    auto written = co_await write_out(draft, in, /*commit_now=*/!deciding);
-    if (written && deciding) {
-        if (const auto refused = co_await ask_decision(*draft.item, written->meta)) {
+    const bool checking = context_.auth != nullptr;
+    auto dkim = checking ? context_.auth->start_dkim() : nullptr;
+    auto written = co_await write_out(draft, in, /*commit_now=*/!deciding && !checking, checking, dkim.get());
+    if (!written || (!deciding && !checking)) co_return co_await answer_commit(draft, in, written);
+    nlohmann::ordered_json auth;
+    if (checking) {
+        auto checked = co_await authenticate(draft, in, *written, std::move(dkim));
+        if (!checked) {
+            co_await discard(draft);
+            co_return finish(in, DataOutcome::local_error);
+        }
+        auth = std::move(*checked);
+    }
+    if (deciding) {
+        if (const auto refused = co_await ask_decision(draft, written->meta, auth)) {
             co_await discard(draft);
             co_return finish(in, refused->first, refused->second);
         }
-        auto committed = co_await commit(draft, written->meta);
-        if (committed) committed->meta = std::move(written->meta);
-        co_return co_await answer_commit(draft, in, committed);
     }
-    co_return co_await answer_commit(draft, in, written);
+    auto committed = co_await commit(draft, written->meta);
+    if (committed) committed->meta = std::move(written->meta);
+    co_return co_await answer_commit(draft, in, committed);
 }
 
 Step Session::finish(const Incoming& in, DataOutcome outcome, const std::string& detail) {
@@ -513,7 +535,37 @@ public:
 
 }  // namespace
 
-awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incoming& in, bool commit_now) {
+namespace {
+
+// Reads message.eml back in pieces: the header section (up to `limit` bytes) is kept for
+// meta.json and the forged-header search, and every byte after our trace header goes
+// through DKIM. Blocking, on the pool.
+std::string read_back(const std::filesystem::path& path, std::size_t limit, std::size_t trace_bytes,
+                      auth::DkimMessage* dkim) {
+    std::ifstream file(path, std::ios::binary);
+    if (!file) throw std::system_error(errno, std::generic_category(), "cannot read back " + path.string());
+    std::string section;
+    std::vector<char> buffer(64 * 1024);
+    std::size_t offset = 0;
+    while (file) {
+        file.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+        const auto n = static_cast<std::size_t>(file.gcount());
+        if (n == 0) break;
+        const std::string_view piece(buffer.data(), n);
+        if (section.size() < limit) section.append(piece.substr(0, std::min(n, limit - section.size())));
+        if (dkim != nullptr && offset + n > trace_bytes)
+            dkim->feed(piece.substr(offset >= trace_bytes ? 0 : trace_bytes - offset));
+        offset += n;
+        if (dkim == nullptr && section.size() >= limit) break;
+    }
+    if (file.bad()) throw std::system_error(EIO, std::generic_category(), "cannot read back " + path.string());
+    return section;
+}
+
+}  // namespace
+
+awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incoming& in, bool commit_now,
+                                                       bool checking, auth::DkimMessage* dkim) {
     // The fields known on the io thread; the header section is added on the pool.
     spool::Meta meta;
     meta.id = in.id;
@@ -525,35 +577,105 @@ awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incom
     // The header section as stored: our trace header, then the client's section, which
     // the checks have bounded to max_header_bytes.
     const std::size_t limit = in.trace_bytes + context_.protocol.max_header_bytes;
+    const std::size_t trace_bytes = in.trace_bytes;
+    const std::string authserv_id = checking ? context_.auth->authserv_id() : std::string();
     auto& spool = context_.spool;
     const RecipientMode mode = context_.config.webhook_recipient_mode;
-    auto written = co_await try_blocking(context_.pool, [&spool, &draft, &meta, limit, mode, commit_now] {
-        // Never written out so far: the whole message is in memory, and so is its header
-        // section. Otherwise it is read back from the file (not kept while it streamed).
-        const bool in_memory = !draft.item;
-        if (!draft.item) draft.item = spool.create(draft.id);
-        if (!draft.held.empty()) spool.append(*draft.item, draft.held);
-        spool.seal(*draft.item);  // before the file is read back (here or by the decision API)
-        if (in_memory) {
-            ViewBuffer view(draft.held);
-            std::istream section(&view);
-            meta.headers = mail::read_headers(section, limit);
-        } else {
-            const auto path = draft.item->dir() / "message.eml";
-            std::ifstream file(path, std::ios::binary);
-            if (!file) throw std::system_error(errno, std::generic_category(), "cannot read back " + path.string());
-            meta.headers = mail::read_headers(file, limit);
+    // Never written out so far: the whole message is in memory, and so is its header
+    // section. Otherwise it is read back from the file (not kept while it streamed).
+    const bool in_memory = !draft.item;
+    // With sender checks such a message stays in memory until its verdicts are known.
+    const bool keep = checking && in_memory;
+    auto written = co_await try_blocking(context_.pool, [&spool, &draft, &meta, &authserv_id, limit, trace_bytes,
+                                                         mode, commit_now, checking, keep, in_memory, dkim] {
+        if (!keep) {
+            if (!draft.item) draft.item = spool.create(draft.id);
+            if (!draft.held.empty()) spool.append(*draft.item, draft.held);
+            spool.seal(*draft.item);  // before the file is read back (here or by the decision API)
         }
+        std::string from_file;
+        if (!in_memory) from_file = read_back(draft.item->dir() / "message.eml", limit, trace_bytes, dkim);
+        const std::string_view section = in_memory ? std::string_view(draft.held).substr(0, limit)
+                                                   : std::string_view(from_file);
+        if (in_memory && dkim != nullptr && draft.held.size() > trace_bytes)
+            dkim->feed(std::string_view(draft.held).substr(trace_bytes));
+        if (dkim != nullptr) dkim->finish_input();
+        ViewBuffer view(section);
+        std::istream stream(&view);
+        meta.headers = mail::read_headers(stream, limit);
         meta.from = mail::header_value(meta.headers, "From");
         meta.subject = mail::header_value(meta.headers, "Subject");
-        Written out{std::move(meta), {}};
+        Written out{std::move(meta), {}, {}};
+        if (checking) {
+            for (const auto& [first, second] : auth::forged_results(section, authserv_id)) out.forged.emplace_back(first, second);
+        }
         if (commit_now) out.ids = commit_item(spool, *draft.item, out.meta, mode);
         return out;
     });
-    draft.held.clear();
-    draft.held.shrink_to_fit();
+    if (!keep) {
+        draft.held.clear();
+        draft.held.shrink_to_fit();
+    }
     if (!written) spdlog::error("spool: cannot store {}: {}", in.id, written.failure().message);
     co_return written;
+}
+
+awaitable<std::optional<nlohmann::ordered_json>> Session::authenticate(Draft& draft, const Incoming& in,
+                                                                       Written& written,
+                                                                       std::unique_ptr<auth::DkimMessage> dkim) {
+    spool::Meta& meta = written.meta;
+    auth::Checker& checker = *context_.auth;
+    auth::Checker::Message message;
+    message.client_ip = client_ip_;
+    message.helo = protocol_.helo();
+    message.sender = spool::bare_address(in.envelope.sender);
+    for (const auto& [name, value] : meta.headers) {
+        if (boost::algorithm::iequals(name, "From")) message.from_values.push_back(value);
+    }
+    message.dkim = std::move(dkim);
+    const auth::Verdicts verdicts = co_await checker.check(std::move(message), session_deadline_);
+    const std::string header = auth::authentication_results(checker.authserv_id(), verdicts);
+    count_verdicts(verdicts);
+
+    // meta.json and the payload's message-headers show the message as it is posted:
+    // without the forged fields, with ours first.
+    std::erase_if(meta.headers, [&checker](const mail::Header& h) {
+        return boost::algorithm::iequals(h.first, "Authentication-Results") &&
+               auth::claims_authserv_id(h.second, checker.authserv_id());
+    });
+    {
+        ViewBuffer view(header);
+        std::istream stream(&view);
+        auto ours = mail::read_headers(stream, header.size() + 2);
+        meta.headers.insert(meta.headers.begin(), ours.begin(), ours.end());
+    }
+    meta.auth = auth::summarize(verdicts);
+    spdlog::debug("auth id={} {}", in.id, header.substr(0, header.size() - 2));
+
+    if (!draft.item) {  // all in memory: edited here (at most a flush's worth of bytes)
+        std::string edited;
+        edited.reserve(header.size() + draft.held.size());
+        edited = header;
+        std::size_t pos = 0;
+        for (const auto& [first, second] : written.forged) {
+            edited.append(draft.held, pos, first - pos);
+            pos = second;
+        }
+        edited.append(draft.held, pos);
+        draft.held = std::move(edited);
+    } else {
+        auto& spool = context_.spool;
+        const auto rewritten = co_await try_blocking(context_.pool, [&spool, &draft, &header, &written] {
+            spool.rewrite(*draft.item, header, written.forged);
+        });
+        if (!rewritten) {
+            spdlog::error("spool: cannot add the Authentication-Results header to {}: {}", in.id,
+                          rewritten.failure().message);
+            co_return std::nullopt;
+        }
+    }
+    const std::string_view value = std::string_view(header).substr(24, header.size() - 26);  // "Authentication-Results: ", CRLF
+    co_return auth::decision_json(verdicts, value);
 }
 
 awaitable<Step> Session::answer_commit(Draft& draft, const Incoming& in, Result<Written>& written) {
@@ -592,15 +714,17 @@ awaitable<void> Session::discard(Draft& draft) {
     if (!discarded) spdlog::error("spool: cannot discard {}: {}", draft.id, discarded.failure().message);
 }
 
-awaitable<std::optional<Session::Refusal>> Session::ask_decision(const spool::TmpItem& item,
-                                                                 const spool::Meta& meta) {
+awaitable<std::optional<Session::Refusal>> Session::ask_decision(const Draft& draft, const spool::Meta& meta,
+                                                                 const nlohmann::ordered_json& auth) {
     using Answer = std::optional<Refusal>;
     auto* client = context_.decision;
     if (client == nullptr || !client->enabled()) co_return Answer{};
 
     std::string raw_mime;
-    if (client->mode() == DecisionMode::full) {
-        const auto path = item.dir() / "message.eml";
+    if (client->mode() == DecisionMode::full && !draft.item) {
+        raw_mime = draft.held;
+    } else if (client->mode() == DecisionMode::full) {
+        const auto path = draft.item->dir() / "message.eml";
         auto read = co_await try_blocking(context_.pool, [&path] { return spool::read_message(path); });
         if (!read) {
             spdlog::error("spool: cannot read {} for the decision API: {}", meta.id, read.failure().message);
@@ -618,7 +742,7 @@ awaitable<std::optional<Session::Refusal>> Session::ask_decision(const spool::Tm
     };
     if (out_of_time()) co_return abandoned();
     asio::steady_timer session_bound(socket_.get_executor(), session_deadline_);
-    auto raced = co_await (client->decide(meta, raw_mime) || session_bound.async_wait(use_awaitable));
+    auto raced = co_await (client->decide(meta, raw_mime, auth) || session_bound.async_wait(use_awaitable));
     if (raced.index() == 1) co_return abandoned();
     const decision::Decision answer = std::move(std::get<0>(raced));
     count_decision(answer.verdict);
@@ -639,8 +763,14 @@ awaitable<Result<Session::Written>> Session::commit(Draft& draft, const spool::M
     auto& spool = context_.spool;
     const RecipientMode mode = context_.config.webhook_recipient_mode;
     auto committed = co_await try_blocking(context_.pool, [&spool, &draft, &meta, mode] {
-        return Written{spool::Meta(), commit_item(spool, *draft.item, meta, mode)};
+        if (!draft.item) {  // kept in memory for the sender checks
+            draft.item = spool.create(draft.id);
+            spool.append(*draft.item, draft.held);
+        }
+        return Written{spool::Meta(), commit_item(spool, *draft.item, meta, mode), {}};
     });
+    draft.held.clear();
+    draft.held.shrink_to_fit();
     if (!committed) spdlog::error("spool: commit of {} failed: {}", meta.id, committed.failure().message);
     co_return committed;
 }

@@ -223,6 +223,23 @@ std::string to_json(const Meta& meta) {
         w.key("requeuedAt");
         w.string(iso8601(*meta.requeued_at));
     }
+    if (meta.auth) {
+        w.key("auth");
+        w.open('{');
+        const auto result = [&w](const char* key, const std::optional<auth::Result>& r) {
+            if (!r) return;
+            w.key(key);
+            w.string(std::string(auth::result_name(*r)));
+        };
+        result("spf", meta.auth->spf);
+        result("dkim", meta.auth->dkim);
+        result("dmarc", meta.auth->dmarc);
+        if (meta.auth->dmarc_policy != auth::DmarcPolicy::unspecified) {
+            w.key("dmarcPolicy");
+            w.string(std::string(auth::policy_name(meta.auth->dmarc_policy)));
+        }
+        w.close('}');
+    }
     w.close('}');
     out += '\n';
     return out;
@@ -258,7 +275,7 @@ public:
     bool binary(Json::binary_t&) { return scalar(Kind::other, nullptr, 0); }
     bool key(std::string& k) {
         if (state_ == State::top) key_ = std::move(k);
-        else if (state_ == State::remote) remote_key_ = std::move(k);
+        else if (state_ == State::remote || state_ == State::auth) remote_key_ = std::move(k);
         return true;
     }
     bool start_object(std::size_t) { return open(true); }
@@ -271,7 +288,7 @@ public:
 
 private:
     enum class Kind { null, string, integer, other, array, object };
-    enum class State { start, top, recipients, headers, pair, remote, skip, done };
+    enum class State { start, top, recipients, headers, pair, remote, auth, skip, done };
 
     // A value at the current place: a scalar, or the start of a container (kind array or
     // object); false never (errors throw).
@@ -289,6 +306,7 @@ private:
                 pair_.push_back(std::move(*text));
                 break;
             case State::remote: remote_value(kind, text); break;
+            case State::auth: auth_value(kind, text); break;
             case State::skip:
             case State::done: break;
         }
@@ -314,6 +332,10 @@ private:
                     meta_.remote = {};
                     remote_key_.clear();
                     state_ = State::remote;
+                } else if (object && key_ == "auth") {
+                    meta_.auth = auth::Summary{};
+                    remote_key_.clear();
+                    state_ = State::auth;
                 } else {
                     top_value(kind, nullptr, 0);  // throws for a known field
                     skip(State::top);
@@ -330,6 +352,7 @@ private:
                 remote_value(kind, nullptr);  // throws for ip, host, helo
                 skip(State::remote);
                 return true;
+            case State::auth: skip(State::auth); return true;
             case State::skip: ++skip_depth_; return true;
             case State::done: return true;
         }
@@ -341,7 +364,8 @@ private:
             case State::top: state_ = State::done; break;
             case State::recipients:
             case State::headers:
-            case State::remote: state_ = State::top; break;
+            case State::remote:
+            case State::auth: state_ = State::top; break;
             case State::pair:
                 if (pair_.size() != 2) bad_pair();
                 meta_.headers.emplace_back(std::move(pair_[0]), std::move(pair_[1]));
@@ -412,6 +436,20 @@ private:
         auto& field = k == "ip" ? meta_.remote.ip : k == "host" ? meta_.remote.host : meta_.remote.helo;
         if (kind != Kind::null && kind != Kind::string) fail("\"remote\"." + quoted_key(k) + " must be a string");
         field = kind == Kind::string ? std::move(*text) : std::string();
+    }
+
+    // What mxhook itself wrote; anything it does not know is left out, not an error.
+    void auth_value(Kind kind, std::string* text) {
+        if (kind != Kind::string) return;
+        const std::string& k = remote_key_;
+        if (k == "spf") meta_.auth->spf = auth::parse_result(*text);
+        else if (k == "dkim") meta_.auth->dkim = auth::parse_result(*text);
+        else if (k == "dmarc") meta_.auth->dmarc = auth::parse_result(*text);
+        else if (k == "dmarcPolicy") {
+            for (auto p : {auth::DmarcPolicy::none, auth::DmarcPolicy::quarantine, auth::DmarcPolicy::reject}) {
+                if (*text == auth::policy_name(p)) meta_.auth->dmarc_policy = p;
+            }
+        }
     }
 
     static Clock::time_point time_of(Kind kind, const std::string* text, const std::string& key) {

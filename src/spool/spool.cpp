@@ -72,6 +72,7 @@ public:
     ~Fd() { reset(); }
 
     int get() const { return fd_; }
+    int release() noexcept { return std::exchange(fd_, -1); }
     void reset() noexcept {
         if (fd_ >= 0) ::close(std::exchange(fd_, -1));
     }
@@ -614,6 +615,57 @@ void Spool::seal(TmpItem& item) const {
         throw_errno("truncate", item.dir_ / kMessageFile);
     }
     item.sealed_ = true;
+}
+
+void Spool::rewrite(TmpItem& item, std::string_view prefix,
+                    const std::vector<std::pair<std::uint64_t, std::uint64_t>>& drop) const {
+    seal(item);
+    const fs::path message = item.dir_ / kMessageFile;
+    const fs::path fresh = item.dir_ / (std::string(kMessageFile) + ".new");
+    Fd in(::open(message.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (in.get() < 0) throw_errno("open", message);
+    Fd out(::open(fresh.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, kFileMode));
+    if (out.get() < 0) throw_errno("create", fresh);
+    try {
+        write_all(out.get(), prefix, fresh);
+        std::uint64_t size = prefix.size();
+        // Copies [from, to) of the old file in the kernel (a pread/write loop where the
+        // filesystem cannot).
+        const auto copy = [&](std::uint64_t from, std::uint64_t to) {
+            loff_t at = static_cast<loff_t>(from);
+            while (static_cast<std::uint64_t>(at) < to) {
+                const auto want = static_cast<std::size_t>(to - static_cast<std::uint64_t>(at));
+                ssize_t n = ::copy_file_range(in.get(), &at, out.get(), nullptr, want, 0);
+                if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+                    char buffer[65536];
+                    n = ::pread(in.get(), buffer, std::min(sizeof buffer, want), at);
+                    if (n > 0) {
+                        write_all(out.get(), std::string_view(buffer, static_cast<std::size_t>(n)), fresh);
+                        at += n;
+                    }
+                }
+                if (n < 0 && errno == EINTR) continue;
+                if (n < 0) throw_errno("copy", message);
+                if (n == 0) throw_error(EIO, "copy (file shorter than written)", message);
+                size += static_cast<std::uint64_t>(n);
+            }
+        };
+        std::uint64_t pos = 0;
+        for (const auto& [first, second] : drop) {
+            if (first < pos || second > item.written_ || first > second) throw_error(EINVAL, "rewrite (bad range)", message);
+            copy(pos, first);
+            pos = second;
+        }
+        copy(pos, item.written_);
+        if (::rename(fresh.c_str(), message.c_str()) != 0) throw_errno("rename", fresh);
+        ::close(std::exchange(item.fd_, out.release()));
+        item.written_ = size;
+        item.sealed_ = true;
+        sync_dir(item.dir_);  // the new entry; the file itself is fsynced by commit()
+    } catch (...) {
+        ::unlink(fresh.c_str());
+        throw;
+    }
 }
 
 void Spool::commit(TmpItem& item, const Meta& meta) const {

@@ -185,6 +185,10 @@ Fields payload_fields(const spool::Meta& meta, std::string_view signing_key,
     fields.emplace_back("timestamp", std::move(timestamp));
     fields.emplace_back("token", std::move(token));
     if (!signing_key.empty()) fields.emplace_back("signature", std::move(signature));
+    // Sender authentication's verdicts, as Mailgun names them (absent when it did not run).
+    if (meta.auth) {
+        for (auto& field : auth::payload_fields(*meta.auth)) fields.push_back(std::move(field));
+    }
     return fields;
 }
 

@@ -335,6 +335,10 @@ set_env RETRY_SCAN_INTERVAL_MS 500
 set_env RETRY_INTERVAL_MS 1000
 set_env RETRY_MAX_INTERVAL_MS 2000
 set_env SHUTDOWN_GRACE_MS 5000
+# Sender checks run (the image must carry libspf2, libopendkim, libopendmarc and the public
+# suffix list), against a DNS server that refuses at once: every verdict is a temperror
+# and the mail is still taken.
+set_env DNS_SERVERS 127.0.0.1:9
 set_env MXHOOK_IMAGE "$MXHOOK_IMAGE"
 set_env MXHOOK_BIND 127.0.0.1
 set_env MXHOOK_SMTP_PORT "$smtp_port"
@@ -408,6 +412,8 @@ check_delivery() { # ID RECIPIENT TLS(true|false)
   echo "$rec" | grep -q '"signature_ok": true' || fail "bad signature on $id: $rec"
   echo "$rec" | grep -q "\"recipient\": \"$rcpt\"" || fail "wrong recipient on $id: $rec"
   echo "$rec" | grep -q "\"tls\": $tls" || fail "expected tls=$tls on $id: $rec"
+  echo "$rec" | grep -q '"spf": "TempError"' || fail "expected X-Mailgun-Spf: TempError (DNS refused) on $id: $rec"
+  echo "$rec" | grep -q '"auth_header": true' || fail "expected an Authentication-Results header first on $id: $rec"
 }
 
 id_plain=$(send plain plain@example.com)

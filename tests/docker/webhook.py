@@ -60,6 +60,8 @@ def main() -> int:
                 "signature_ok": bool(signature) and fresh and hmac.compare_digest(expected, signature),
                 "tls": b"with ESMTPS" in first_header,
                 "bytes": len(mime),
+                "spf": field("X-Mailgun-Spf").decode(errors="replace"),
+                "auth_header": mime.startswith(b"Authentication-Results: "),
             }
             with log_lock, open(args.log, "a", encoding="utf-8") as out:
                 out.write(json.dumps(record) + "\n")

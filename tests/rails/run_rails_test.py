@@ -342,6 +342,7 @@ def run_mode(mode, args, tmp, rails_port, files):
         "RETRY_INTERVAL_MS": "200",
         "RETRY_MAX_INTERVAL_MS": "1000",
         "LOG_LEVEL": "info",
+        "AUTH_CHECKS": "none",  # byte-for-byte round trip: no Authentication-Results header
     }
     mxlog = tmp / f"mxhook-{mode}.log"
     rails_log = tmp / "rails.log"

@@ -79,6 +79,12 @@ TlsVersion tls_version_from(std::string_view openssl_name) noexcept;  // "TLSv1.
 enum class DecisionOutcome { allow, deny, silent_deny, error };
 inline constexpr std::size_t kDecisionOutcomes = 4;
 
+// Sender authentication: the check, and its result in the order of auth::Result
+// (none, pass, fail, softfail, neutral, temperror, permerror).
+enum class AuthCheck { spf, dkim, dmarc };
+inline constexpr std::size_t kAuthChecks = 3;
+inline constexpr std::size_t kAuthResults = 7;
+
 enum class DeliveryOutcome { delivered, retried, dead_lettered };
 inline constexpr std::size_t kDeliveryOutcomes = 3;
 
@@ -111,6 +117,9 @@ struct Metrics {
 
     // Decision API
     std::array<Counter, kDecisionOutcomes> decisions;
+
+    // Sender authentication (DKIM: one result per message, as X-Mailgun-Dkim-Check-Result)
+    std::array<std::array<Counter, kAuthResults>, kAuthChecks> auth_results;
 
     // Deliveries
     std::array<Counter, kDeliveryOutcomes> deliveries;

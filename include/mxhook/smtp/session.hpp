@@ -11,12 +11,13 @@
 // the end of data it is parsed from that piece when the whole message fits in it, and read
 // back from the spool otherwise.
 
+#include "mxhook/auth/checker.hpp"
 #include "mxhook/blocking.hpp"
 #include "mxhook/config.hpp"
 #include "mxhook/decision/client.hpp"
 #include "mxhook/smtp/data_decoder.hpp"
 #include "mxhook/smtp/protocol.hpp"
-#include "mxhook/smtp/reverse_dns.hpp"
+#include "mxhook/dns/resolver.hpp"
 #include "mxhook/smtp/tls.hpp"
 #include "mxhook/spool/disk_guard.hpp"
 #include "mxhook/spool/spool.hpp"
@@ -49,8 +50,9 @@ struct SessionContext {
     std::function<void(const std::string& id, std::optional<spool::Meta> meta)> on_queued;
     decision::Client* decision = nullptr;                  // asked before commit when enabled
     TlsCredentials* tls = nullptr;                         // STARTTLS offered when set
-    ReverseDns* reverse_dns = nullptr;                     // client names looked up when set
+    dns::Resolver* dns = nullptr;                          // client names looked up when set
     const spool::DiskGuard* disk_guard = nullptr;          // MAIL gets 452 below SPOOL_MIN_FREE_BYTES
+    auth::Checker* auth = nullptr;                         // sender checks after DATA when set
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -91,6 +93,9 @@ private:
     struct Written {
         spool::Meta meta;
         std::vector<std::string> ids;
+        // Authentication-Results fields the client sent that claim our authserv-id: byte
+        // ranges of the message, removed before ours is added (only with sender checks).
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> forged;
     };
     using Refusal = std::pair<DataOutcome, std::string>;  // outcome, and the text for the reply
     // Writes the 354 and gives the reverse-DNS lookup the rest of its bound; false when the
@@ -108,12 +113,26 @@ private:
     boost::asio::awaitable<bool> store(Draft& draft);
     // One hand-off: the rest of the message to disk, meta.json's content (the header section
     // from memory, or read back from the file) and, when commit_now, the commit.
-    boost::asio::awaitable<Result<Written>> write_out(Draft& draft, const Incoming& in, bool commit_now);
+    // With sender checks (`checking`), a message held whole in memory stays there (our
+    // Authentication-Results header goes in front of it, known only after the checks), the
+    // forged Authentication-Results fields are found, and `dkim` (when set) reads the message.
+    boost::asio::awaitable<Result<Written>> write_out(Draft& draft, const Incoming& in, bool commit_now,
+                                                      bool checking, auth::DkimMessage* dkim);
+    // Runs the sender checks and writes their verdicts into the message (our
+    // Authentication-Results header first, the forged ones gone) and into `written.meta`.
+    // Returns the decision API's `auth` object; nullopt when the message could not be
+    // rewritten (logged: the client gets 451).
+    boost::asio::awaitable<std::optional<nlohmann::ordered_json>> authenticate(Draft& draft, const Incoming& in,
+                                                                                Written& written,
+                                                                                std::unique_ptr<auth::DkimMessage> dkim);
     // Asks the decision API (when enabled); nullopt means allow, else the outcome to answer.
     // Abandoned when SMTP_MAX_SESSION_MS passes first (DataOutcome::timed_out).
-    boost::asio::awaitable<std::optional<Refusal>> ask_decision(const spool::TmpItem& item,
-                                                                const spool::Meta& meta);
-    // Commits a written draft: one spool item, or one per recipient in "each" mode.
+    // In full mode the message is read back from the draft: from tmp/, or from memory when
+    // it was never written out.
+    boost::asio::awaitable<std::optional<Refusal>> ask_decision(const Draft& draft, const spool::Meta& meta,
+                                                                const nlohmann::ordered_json& auth);
+    // Commits a written draft (writing it out first when it is still all in memory): one
+    // spool item, or one per recipient in "each" mode.
     boost::asio::awaitable<Result<Written>> commit(Draft& draft, const spool::Meta& meta);
     // Answers a commit (250 with the ids, or 451 and the draft discarded). A commit cannot
     // be abandoned: when SMTP_MAX_SESSION_MS passed while it ran, the message's own answer

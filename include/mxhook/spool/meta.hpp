@@ -2,6 +2,7 @@
 // meta.json, in exactly the format haraka-webhook writes (so an existing spool is
 // adopted as it is): pretty-printed with two spaces and a trailing newline.
 
+#include "mxhook/auth/verdicts.hpp"
 #include "mxhook/mail/headers.hpp"
 
 #include <chrono>
@@ -42,6 +43,10 @@ struct Meta {
     // back from dead/ (`mxhook spool requeue`). MAX_RETRY_AGE_MS counts from the later of
     // this and createdAt, so a requeued message gets its retry window again.
     std::optional<Clock::time_point> requeued_at;
+    // mxhook only ("auth", written when sender authentication ran): the verdicts'
+    // summary the payload's X-Mailgun-Spf, X-Mailgun-Dkim-Check-Result and X-Mxhook-Dmarc
+    // are made from. An unknown result name in it is ignored, never a reason to fail the item.
+    std::optional<auth::Summary> auth;
 };
 
 // The time MAX_RETRY_AGE_MS counts from: createdAt, or requeuedAt when later.

@@ -175,6 +175,12 @@ public:
     // Cuts message.eml to the bytes appended (a recycled item's file may be longer).
     // Call before reading the file back; commit() does it too. Throws SpoolError.
     void seal(TmpItem& item) const;
+    // Replaces message.eml by `prefix` followed by the message without the byte ranges
+    // [first, second) in `drop` (sorted, not overlapping): a new file written beside it and
+    // renamed over it, the item's directory fsynced; copied in the kernel, never held in
+    // memory. commit() fsyncs the new file. Throws SpoolError.
+    void rewrite(TmpItem& item, std::string_view prefix,
+                 const std::vector<std::pair<std::uint64_t, std::uint64_t>>& drop) const;
     // Writes meta.json, fsyncs both files and tmp/<id>/, renames tmp/<id> to
     // pending/<id>, fsyncs pending/. After it returns the message is durable.
     // On any failure throws SpoolError and the item is left for discard().

@@ -1,8 +1,8 @@
-// ReverseDns (c-ares on the io thread): names from the hosts file and from a DNS server,
+// Resolver (c-ares on the io thread): names from the hosts file and from a DNS server,
 // answers on the io thread, no name when nobody answers or too many lookups run, and
 // nothing after stop().
 
-#include "mxhook/smtp/reverse_dns.hpp"
+#include "mxhook/dns/resolver.hpp"
 
 #include "support/fake_dns.hpp"
 
@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-namespace mxhook::smtp {
+namespace mxhook::dns {
 namespace {
 
 using namespace std::chrono_literals;
@@ -49,17 +49,17 @@ std::string system_name_of_loopback() {
     return host;
 }
 
-ReverseDns::Options against(const testsupport::FakeDns& dns, std::chrono::milliseconds timeout = 1000ms) {
-    ReverseDns::Options options;
+Resolver::Options against(const testsupport::FakeDns& dns, std::chrono::milliseconds timeout = 1000ms) {
+    Resolver::Options options;
     options.servers = {HostPort{"127.0.0.1", dns.port()}};
     options.timeout = timeout;
     options.tries = 1;
     return options;
 }
 
-TEST(ReverseDns, NamesFromTheHostsFileComeBackOnTheIoThread) {
+TEST(ResolverReverse, NamesFromTheHostsFileComeBackOnTheIoThread) {
     boost::asio::io_context io;
-    ReverseDns dns(io, {});
+    Resolver dns(io, {});
     const auto io_thread = std::this_thread::get_id();
     std::optional<std::string> name;
     bool on_io_thread = false;
@@ -72,9 +72,9 @@ TEST(ReverseDns, NamesFromTheHostsFileComeBackOnTheIoThread) {
     EXPECT_EQ(*name, system_name_of_loopback());
 }
 
-TEST(ReverseDns, MappedAddressesAreLookedUpAsIpv4) {
+TEST(ResolverReverse, MappedAddressesAreLookedUpAsIpv4) {
     boost::asio::io_context io;
-    ReverseDns dns(io, {});
+    Resolver dns(io, {});
     std::optional<std::string> plain, mapped;
     dns.lookup(kLoopback, [&](std::string n) { plain = std::move(n); });
     dns.lookup(boost::asio::ip::make_address("::ffff:127.0.0.1"), [&](std::string n) { mapped = std::move(n); });
@@ -82,11 +82,11 @@ TEST(ReverseDns, MappedAddressesAreLookedUpAsIpv4) {
     EXPECT_EQ(*mapped, *plain);
 }
 
-TEST(ReverseDns, NamesFromTheConfiguredDnsServer) {
+TEST(ResolverReverse, NamesFromTheConfiguredDnsServer) {
     testsupport::FakeDns server;
     server.set_ptr("127.9.8.7", "client.example.test");
     boost::asio::io_context io;
-    ReverseDns dns(io, against(server));
+    Resolver dns(io, against(server));
     std::optional<std::string> name, unknown;
     dns.lookup(kClient, [&](std::string n) { name = std::move(n); });
     dns.lookup(boost::asio::ip::make_address("127.9.8.6"), [&](std::string n) { unknown = std::move(n); });
@@ -95,11 +95,11 @@ TEST(ReverseDns, NamesFromTheConfiguredDnsServer) {
     EXPECT_EQ(*unknown, "");  // NXDOMAIN
 }
 
-TEST(ReverseDns, AServerThatNeverAnswersGivesNoNameAfterTheTimeout) {
+TEST(ResolverReverse, AServerThatNeverAnswersGivesNoNameAfterTheTimeout) {
     testsupport::FakeDns server;
     server.set_silent(true);
     boost::asio::io_context io;
-    ReverseDns dns(io, against(server, 200ms));
+    Resolver dns(io, against(server, 200ms));
     std::optional<std::string> name;
     dns.lookup(kClient, [&](std::string n) { name = std::move(n); });
     ASSERT_TRUE(run_until(io, [&] { return name.has_value(); }, 5s));
@@ -107,13 +107,13 @@ TEST(ReverseDns, AServerThatNeverAnswersGivesNoNameAfterTheTimeout) {
     EXPECT_GE(server.queries(), 1);
 }
 
-TEST(ReverseDns, TooManyInFlightAnswersNoNameAtOnce) {
+TEST(ResolverReverse, TooManyInFlightAnswersNoNameAtOnce) {
     testsupport::FakeDns server;
     server.set_silent(true);
     boost::asio::io_context io;
     auto options = against(server, 10000ms);
     options.max_in_flight = 1;
-    ReverseDns dns(io, options);
+    Resolver dns(io, options);
     std::optional<std::string> first, second;
     dns.lookup(kClient, [&](std::string n) { first = std::move(n); });
     dns.lookup(kClient, [&](std::string n) { second = std::move(n); });
@@ -122,11 +122,11 @@ TEST(ReverseDns, TooManyInFlightAnswersNoNameAtOnce) {
     EXPECT_FALSE(first.has_value());
 }
 
-TEST(ReverseDns, NothingIsAnsweredAfterStop) {
+TEST(ResolverReverse, NothingIsAnsweredAfterStop) {
     testsupport::FakeDns server;
     server.set_silent(true);
     boost::asio::io_context io;
-    ReverseDns dns(io, against(server, 100ms));
+    Resolver dns(io, against(server, 100ms));
     int answers = 0;
     dns.lookup(kClient, [&](std::string) { ++answers; });
     dns.lookup(kLoopback, [&](std::string) { ++answers; });  // the hosts file answers it at once
