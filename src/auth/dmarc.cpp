@@ -101,11 +101,31 @@ DmarcLibrary::~DmarcLibrary() {
     opendmarc_policy_library_shutdown(&lib);
 }
 
-std::string DmarcLibrary::organizational_domain(const std::string& domain) const {
+namespace {
+
+// libopendmarc's lookup: the registrable domain, or the name itself when no rule matched.
+std::string registrable(const std::string& domain) {
     std::string copy = domain;
     unsigned char tld[256] = {};
     if (opendmarc_get_tld(bytes(copy), tld, sizeof tld) != 0 || tld[0] == '\0') return domain;
     return question_name(reinterpret_cast<const char*>(tld));
+}
+
+}  // namespace
+
+std::string DmarcLibrary::organizational_domain(const std::string& domain) const {
+    const std::string found = registrable(domain);
+    if (found != domain) return found;
+    // The name itself: it is registrable, or its top-level domain is in no rule (.test,
+    // an internal one), where the list's default rule "*" makes the last label the
+    // suffix. A probe two labels under that TLD tells which: a known TLD cuts it short.
+    const auto last_dot = domain.rfind('.');
+    if (last_dot == std::string::npos) return domain;
+    const auto before = domain.rfind('.', last_dot - 1);
+    if (before == std::string::npos) return domain;  // already two labels
+    const std::string probe = "a.b" + domain.substr(last_dot);
+    if (registrable(probe) != probe) return domain;
+    return domain.substr(before + 1);
 }
 
 std::optional<std::string> from_domain(const std::vector<std::string>& from_values) {

@@ -176,8 +176,16 @@ SpfOutcome SpfEvaluator::evaluate(const SpfRequest& request, const Answers& answ
         if (SPF_request_set_env_from(spf, identity.c_str()) != 0) {
             outcome.verdict.result = Result::none;
         } else {
-            SPF_request_query_mailfrom(spf, &response);
-            outcome.verdict.result = response != nullptr ? result_of(SPF_response_result(response)) : Result::temperror;
+            const SPF_errcode_t rc = SPF_request_query_mailfrom(spf, &response);
+            const SPF_result_t result = response != nullptr ? SPF_response_result(response) : SPF_RESULT_INVALID;
+            if (result != SPF_RESULT_INVALID) {
+                outcome.verdict.result = result_of(result);
+            } else {
+                // libspf2 stopped without a result: on a DNS failure (RFC 7208 temperror),
+                // or on a record it could not compile (permerror).
+                outcome.verdict.result = rc == SPF_E_DNS_ERROR || rc == SPF_E_NO_MEMORY ? Result::temperror
+                                                                                       : Result::permerror;
+            }
         }
     }
     if (response != nullptr) SPF_response_free(response);
