@@ -33,8 +33,8 @@ SIGNING_KEY = "bench-signing-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KB, MB = 1024, 1024 * 1024
 
-GROUPS = ["accept", "e2e", "backlog", "slow", "memory", "scale"]
-DEFAULT_GROUPS = ["accept", "e2e", "backlog", "slow", "memory"]
+GROUPS = ["accept", "e2e", "backlog", "slow", "memory", "auth", "scale"]
+DEFAULT_GROUPS = ["accept", "e2e", "backlog", "slow", "memory", "auth"]
 
 # Acceptance cells: (label, payload bytes for smtp-source -l, concurrency, messages in the
 # full run, messages in --smoke). Counts are picked so that mxhook's run takes about 1 to 2 s
@@ -249,7 +249,7 @@ class Sink:
 class Mxhook:
     """mxhook with a clean environment (env -i), a spool under d, LOG_LEVEL=warn, signing."""
 
-    def __init__(self, binary, d, webhook_port, env=None, ready_timeout=10.0):
+    def __init__(self, binary, d, webhook_port, env=None, ready_timeout=10.0, proxied=False):
         self.dir = d
         self.spool = os.path.join(d, "spool")
         os.makedirs(self.spool, exist_ok=True)
@@ -279,6 +279,8 @@ class Mxhook:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.settimeout(max(0.5, end - time.monotonic()))
+                    if proxied:  # a PROXY header first (a readiness probe from loopback itself)
+                        s.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 1 25\r\n")
                     if s.recv(512).startswith(b"220"):
                         self.ready_s = time.monotonic() - t0
                         s.sendall(b"QUIT\r\n")
@@ -911,6 +913,106 @@ class Bench:
                  "—", "—", f"{inflight} POSTs in flight", "≤ 96 MB" if not self.smoke else "—",
                  None if hwm is None or self.smoke else hwm * 1.048576 <= 96)
 
+    # -- auth --------------------------------------------------------------------------------
+
+    def auth_once(self, label, checks, conc, n):
+        """smtp-source -> HAProxy (which presents every connection as 192.0.2.10 with the
+        PROXY protocol: a loopback client would pass SPF without a lookup) -> mxhook, whose
+        DNS is dnsmasq on loopback answering from memory. Deliveries held, as in the
+        acceptance cells. With the checks on, every message costs an SPF and a DMARC lookup,
+        the DKIM pass over the message and the Authentication-Results rewrite."""
+        d = self.newdir(label)
+        dns_port, front = free_port(), free_port()
+        procs = []
+        sink = Sink(d, "--delay-ms", "600000", "--delay-phase", "before-body")
+        mx = None
+        try:
+            procs.append(PROCS.start("dnsmasq", [
+                self.dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", f"--port={dns_port}",
+                "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+                "--pid-file=", "--local=/example.com/", "--local=/example.org/",
+                "--txt-record=example.com,v=spf1 ip4:192.0.2.0/24 -all",
+                "--txt-record=_dmarc.example.com,v=DMARC1; p=reject"],
+                stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "dnsmasq.err"), "w")))
+            env = {"WEBHOOK_CONCURRENCY": "1", "SHUTDOWN_GRACE_MS": "200",
+                   "SMTP_PROXY_PROTOCOL_FROM": "127.0.0.1", "DNS_SERVERS": f"127.0.0.1:{dns_port}",
+                   "AUTH_CHECKS": checks}
+            mx = Mxhook(self.binary, d, sink.port, env=env, proxied=True)
+            cfg = os.path.join(d, "haproxy.cfg")
+            with open(cfg, "w") as f:
+                f.write("global\n  maxconn 4096\n"
+                        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+                        f"frontend smtp\n  bind 127.0.0.1:{front}\n"
+                        "  tcp-request connection set-src ipv4(192.0.2.10)\n  default_backend mx\n"
+                        f"backend mx\n  server mx 127.0.0.1:{mx.port} send-proxy\n")
+            procs.append(PROCS.start("haproxy", [self.haproxy, "-db", "-f", cfg], stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(d, "haproxy.err"), "w")))
+
+            def greets():
+                try:
+                    with socket.create_connection(("127.0.0.1", front), timeout=1) as sock:
+                        sock.settimeout(2)
+                        ok = sock.recv(512).startswith(b"220")
+                        sock.sendall(b"QUIT\r\n")
+                        return ok
+                except OSError:
+                    return False
+            if not wait_until(greets, 10, 0.02):
+                raise Failure(f"{label}: no greeting through HAProxy")
+            c0, m0 = mx.ticks(), machine_ticks()
+            status, wall, _, err = smtp_source(front, KB, conc, n)
+            c1, m1 = mx.ticks(), machine_ticks()
+            ok = status == 0
+            if not ok:
+                self.problem(f"{label}: smtp-source through HAProxy exited {status}: {err.strip()[:200]}")
+            mx.stop()
+            left = mx.left()
+            if ok and left != {"tmp": 0, "pending": n, "processing": 0, "dead": 0}:
+                self.problem(f"{label}: after the stop the spool holds {left}")
+            # The checks must have run, and found what dnsmasq serves.
+            want = {"spf": "pass", "dkim": "none", "dmarc": "pass"} if checks != "none" else None
+            pending = os.path.join(mx.spool, "pending")
+            for item in sorted(os.listdir(pending))[:3]:
+                with open(os.path.join(pending, item, "meta.json")) as f:
+                    got = json.load(f).get("auth")
+                if got != want:
+                    self.problem(f"{label}: meta.json auth is {got}, expected {want}")
+            cpu_s = (c1 - c0) / CLK_TCK
+            return {"rate": n / wall if ok else None, "cpu_ms": cpu_s * 1000 / n if ok else None,
+                    "machine_cores": busy_cores(m0, m1)}
+        finally:
+            if mx:
+                mx.stop()
+            for p in reversed(procs):
+                PROCS.stop(p, 5)
+            sink.stop()
+
+    def run_auth(self):
+        self.dnsmasq, self.haproxy = find_tool("dnsmasq"), find_tool("haproxy")
+        if not self.dnsmasq or not self.haproxy:
+            self.notes.append("auth: needs dnsmasq and haproxy (scripts/bootstrap installs them); skipped")
+            self.row("1 KB c50, SPF+DKIM+DMARC on", "— (dnsmasq or haproxy missing)", "—", "—", "—", "—", None)
+            return
+        conc, n = (50, 60) if self.smoke else (50, 3000)
+        self.say(f"== auth: 1 KB c{conc} through HAProxy (PROXY protocol, client 192.0.2.10), DNS from dnsmasq;"
+                 f" checks off and on interleaved, {self.repeat} run(s) each")
+        off, on = [], []
+        for _ in range(self.repeat):
+            off.append(self.auth_once("auth-off", "none", conc, n))
+            on.append(self.auth_once("auth-on", "spf,dkim,dmarc", conc, n))
+        r_off, r_on = med([r["rate"] for r in off]), med([r["rate"] for r in on])
+        cpu_off, cpu_on = med([r["cpu_ms"] for r in off]), med([r["cpu_ms"] for r in on])
+        cores = med([r["machine_cores"] for r in on])
+        ratio = r_on / r_off if r_on and r_off else None
+        self.say(f"   checks off {fmt(r_off)}/s at {fmt(cpu_off, '.3f')} ms CPU each;"
+                 f" on {fmt(r_on)}/s at {fmt(cpu_on, '.3f')} ms (runs off {', '.join(fmt(r['rate']) for r in off)};"
+                 f" on {', '.join(fmt(r['rate']) for r in on)})")
+        self.row(f"1 KB c{conc} through HAProxy, SPF+DKIM+DMARC on", fmt(r_on, ".0f", "/s"),
+                 f"{fmt(r_off)}/s with the checks off", fmt(ratio, ".2f"),
+                 f"CPU {fmt(cpu_on, '.3f')} vs {fmt(cpu_off, '.3f')} ms/message; machine {fmt(cores, '.1f')} cores busy",
+                 "≥ 0.80 of checks off" if not self.smoke else "—",
+                 None if ratio is None or self.smoke else ratio >= 0.8)
+
     # -- scale -----------------------------------------------------------------------------
 
     def run_scale(self):
@@ -1030,7 +1132,8 @@ class Bench:
         for line in self.header:
             self.say(line)
         steps = {"accept": self.run_accept, "e2e": self.run_e2e, "backlog": self.run_backlog,
-                 "slow": self.run_slow, "memory": self.run_memory, "scale": self.run_scale}
+                 "slow": self.run_slow, "memory": self.run_memory, "auth": self.run_auth,
+                 "scale": self.run_scale}
         for g in self.groups:
             try:
                 steps[g]()
