@@ -394,6 +394,17 @@ Config load_config(const EnvLookup& env) {
     parse_auth_checks(reader, c);
     c.auth_dns_timeout = reader.millis("AUTH_DNS_TIMEOUT_MS", c.auth_dns_timeout);
     c.auth_public_suffix_list = reader.path("AUTH_PUBLIC_SUFFIX_LIST", c.auth_public_suffix_list);
+    c.rspamd_url = parse_http_url(reader, "RSPAMD_URL", /*required=*/false);
+    c.rspamd_timeout = reader.millis("RSPAMD_TIMEOUT_MS", c.rspamd_timeout);
+    c.rspamd_required = parse_flag(reader, "RSPAMD_REQUIRED", c.rspamd_required);
+    if (auto text = reader.get("CLAMD_ADDRESS")) {
+        // A path (it starts with '/'), else host:port with an IP literal.
+        c.clamd_address = text->front() == '/' ? ClamdAddress{*text, {}}
+                                               : ClamdAddress{{}, parse_host_port("CLAMD_ADDRESS", *text, std::nullopt)};
+    }
+    c.clamd_timeout = reader.millis("CLAMD_TIMEOUT_MS", c.clamd_timeout);
+    c.clamd_reject = parse_choice<bool>(reader, "CLAMD_ACTION", {{"reject", true}, {"mark", false}});
+    c.clamd_required = parse_flag(reader, "CLAMD_REQUIRED", c.clamd_required);
     c.smtp_proxy_protocol_from = parse_proxy_from(reader);
     if (auto text = reader.get("METRICS_LISTEN")) c.metrics_listen = parse_host_port("METRICS_LISTEN", *text, std::nullopt);
     c.smtp_hostname = parse_hostname(reader);
@@ -605,6 +616,15 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
         {"AUTH_CHECKS", auth_checks_text(c)},
         {"AUTH_DNS_TIMEOUT_MS", millis_text(c.auth_dns_timeout)},
         {"AUTH_PUBLIC_SUFFIX_LIST", c.auth_public_suffix_list.string()},
+        {"RSPAMD_URL", masked_url(c.rspamd_url)},
+        {"RSPAMD_TIMEOUT_MS", millis_text(c.rspamd_timeout)},
+        {"RSPAMD_REQUIRED", flag(c.rspamd_required)},
+        {"CLAMD_ADDRESS", !c.clamd_address ? std::string()
+                          : !c.clamd_address->unix_path.empty() ? c.clamd_address->unix_path
+                                                                : host_port_text(c.clamd_address->tcp)},
+        {"CLAMD_TIMEOUT_MS", millis_text(c.clamd_timeout)},
+        {"CLAMD_ACTION", c.clamd_reject ? "reject" : "mark"},
+        {"CLAMD_REQUIRED", flag(c.clamd_required)},
         {"SMTP_PROXY_PROTOCOL_FROM", cidrs_text(c.smtp_proxy_protocol_from)},
         {"METRICS_LISTEN", c.metrics_listen ? host_port_text(*c.metrics_listen) : std::string()},
         {"LOG_LEVEL", c.log_level},

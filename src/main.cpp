@@ -181,11 +181,17 @@ int run(const Config& config) {
     }
     spool::DiskGuard disk_guard(io, pool, config.spool_tmp_dir, config.spool_min_free_bytes);
     disk_guard.start();
+    // Content scanners after DATA (RSPAMD_URL, CLAMD_ADDRESS).
+    std::unique_ptr<scan::Rspamd> rspamd;
+    if (!config.rspamd_url.empty())
+        rspamd = std::make_unique<scan::Rspamd>(client, pool, config.rspamd_url, config.rspamd_timeout);
+    std::unique_ptr<scan::Clamd> clamd;
+    if (config.clamd_address) clamd = std::make_unique<scan::Clamd>(pool, *config.clamd_address, config.clamd_timeout);
     smtp::SessionContext context{config, protocol, spool, pool,
                                  [&dispatcher](const std::string& id, std::optional<spool::Meta> meta) {
                                      dispatcher.notify(id, std::move(meta));
                                  }, &decision,
-                                 tls.get(), &resolver, &disk_guard, checker.get()};
+                                 tls.get(), &resolver, &disk_guard, checker.get(), rspamd.get(), clamd.get()};
     smtp::Server server(io, context);
     server.listen(config.smtp_listen);
     std::unique_ptr<metrics::Server> metrics_server;

@@ -30,6 +30,12 @@ struct HostPort {
 };
 using ListenAddress = HostPort;
 
+// Where clamd listens: a unix socket path, or a TCP host:port.
+struct ClamdAddress {
+    std::string unix_path;  // set for a unix socket
+    HostPort tcp;           // else
+};
+
 // An address block, e.g. 10.0.0.0/8 or 2001:db8::/32 (a bare address is /32 or /128).
 struct Cidr {
     std::array<unsigned char, 16> bytes{};  // IPv4 in the first 4
@@ -126,6 +132,15 @@ struct Config {
     bool auth_spf = true, auth_dkim = true, auth_dmarc = true;  // AUTH_CHECKS ("none": all off)
     std::chrono::milliseconds auth_dns_timeout{5000};        // AUTH_DNS_TIMEOUT_MS
     std::filesystem::path auth_public_suffix_list{"/usr/share/publicsuffix/public_suffix_list.dat"};  // AUTH_PUBLIC_SUFFIX_LIST
+
+    // Content scanners after DATA (off when unset)
+    std::string rspamd_url;                                 // RSPAMD_URL, e.g. http://127.0.0.1:11333
+    std::chrono::milliseconds rspamd_timeout{10000};        // RSPAMD_TIMEOUT_MS
+    bool rspamd_required = false;                           // RSPAMD_REQUIRED: 451 when unchecked
+    std::optional<ClamdAddress> clamd_address;              // CLAMD_ADDRESS: /path/clamd.ctl or host:port
+    std::chrono::milliseconds clamd_timeout{30000};         // CLAMD_TIMEOUT_MS
+    bool clamd_reject = true;                               // CLAMD_ACTION: reject (554) or mark
+    bool clamd_required = false;                            // CLAMD_REQUIRED: 451 when unchecked
 
     // Operation
     std::optional<HostPort> metrics_listen;                 // METRICS_LISTEN (unset: no HTTP endpoint)

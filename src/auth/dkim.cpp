@@ -42,6 +42,13 @@ DkimVerdict verdict_of(DKIM_SIGINFO* sig) {
         v.result = Result::pass;
         return v;
     }
+    // A body changed on the way: the header signature may still verify (PASSED) or not
+    // (BADSIG); either way the body hash says what happened.
+    if (dkim_sig_getbh(sig) == DKIM_SIGBH_MISMATCH) {
+        v.result = Result::fail;
+        v.reason = "body hash mismatch";
+        return v;
+    }
     switch (dkim_sig_geterror(sig)) {
         case DKIM_SIGERROR_KEYFAIL:
             v.result = Result::temperror;
@@ -79,10 +86,12 @@ DkimVerdict verdict_of(DKIM_SIGINFO* sig) {
 DkimLibrary::DkimLibrary() : lib_(dkim_init(nullptr, nullptr)) {
     auto* lib = static_cast<DKIM_LIB*>(lib_);
     if (lib == nullptr) throw std::runtime_error("libopendkim: cannot start");
-    // Bare LFs are taken as line ends, as the message was stored.
+    // Bare LFs are taken as line ends, as the message was stored. DELAYSIGPROC: keys are
+    // looked up at dkim_eom(), not when the header section ends (inside feed(), on the
+    // pool, before the keys have been fetched).
     unsigned int flags = 0;
     dkim_options(lib, DKIM_OP_GETOPT, DKIM_OPTS_FLAGS, &flags, sizeof flags);
-    flags |= DKIM_LIBFLAGS_FIXCRLF;
+    flags |= DKIM_LIBFLAGS_FIXCRLF | DKIM_LIBFLAGS_DELAYSIGPROC;
     dkim_options(lib, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags, sizeof flags);
     dkim_set_key_lookup(lib, &lookup_key);
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
 
 namespace mxhook::auth {
 
@@ -174,6 +175,55 @@ std::string authentication_results(std::string_view authserv_id, const Verdicts&
     return out;
 }
 
+namespace {
+
+std::string score_text(double score) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.2f", score);
+    return text;
+}
+
+// rspamd's action names are a fixed set of words; anything else is not shown.
+std::string plain_words(std::string_view text) {
+    std::string out;
+    for (char c : text.substr(0, 64)) {
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == ' ' || c == '-' ||
+            c == '_' || c == '.')
+            out += c;
+    }
+    return out;
+}
+
+}  // namespace
+
+std::string content_headers(const Verdicts& verdicts) {
+    std::string out;
+    if (verdicts.spam) {
+        const SpamVerdict& s = *verdicts.spam;
+        if (!s.checked) {
+            out += "X-Spam-Status: Unchecked (rspamd unavailable)\r\n";
+        } else {
+            if (s.spam) out += "X-Spam-Flag: YES\r\n";
+            out += "X-Spam-Status: " + std::string(s.spam ? "Yes" : "No") + ", score=" + score_text(s.score) +
+                   " required=" + score_text(s.required) + " action=\"" + plain_words(s.action) + "\"\r\n";
+        }
+    }
+    if (verdicts.virus) {
+        const VirusVerdict& v = *verdicts.virus;
+        out += !v.checked   ? "X-Virus-Status: Unchecked (clamd unavailable)\r\n"
+               : v.infected ? "X-Virus-Status: Infected (" + comment_text(plain_words(v.name)) + ")\r\n"
+                            : "X-Virus-Status: Clean\r\n";
+    }
+    return out;
+}
+
+std::vector<std::string> owned_fields(const Verdicts& verdicts) {
+    std::vector<std::string> names;
+    if (verdicts.spam) names = {"X-Spam-Flag", "X-Spam-Status"};
+    if (verdicts.virus) names.emplace_back("X-Virus-Status");
+    return names;
+}
+
 Summary summarize(const Verdicts& verdicts) {
     Summary s;
     if (verdicts.spf) s.spf = verdicts.spf->result;
@@ -181,6 +231,19 @@ Summary summarize(const Verdicts& verdicts) {
     if (verdicts.dmarc) {
         s.dmarc = verdicts.dmarc->result;
         if (verdicts.dmarc->result == Result::fail) s.dmarc_policy = verdicts.dmarc->policy;
+    }
+    if (verdicts.spam) {
+        const SpamVerdict& v = *verdicts.spam;
+        s.spam = !v.checked ? "unchecked" : v.spam ? "yes" : "no";
+        if (v.checked) {
+            s.spam_score = score_text(v.score);
+            s.spam_action = plain_words(v.action);
+        }
+    }
+    if (verdicts.virus) {
+        const VirusVerdict& v = *verdicts.virus;
+        s.virus = !v.checked ? "unchecked" : v.infected ? "infected" : "clean";
+        if (v.infected) s.virus_name = plain_words(v.name);
     }
     return s;
 }
@@ -196,33 +259,62 @@ std::vector<std::pair<std::string, std::string>> payload_fields(const Summary& s
             value += "; p=" + std::string(policy_name(summary.dmarc_policy));
         fields.emplace_back("X-Mxhook-Dmarc", std::move(value));
     }
+    if (summary.spam) {
+        if (*summary.spam != "unchecked") {
+            fields.emplace_back("X-Mailgun-Sflag", *summary.spam == "yes" ? "Yes" : "No");
+            fields.emplace_back("X-Mailgun-Sscore", summary.spam_score);
+            fields.emplace_back("X-Mxhook-Spam", summary.spam_action);
+        } else {
+            fields.emplace_back("X-Mxhook-Spam", "unchecked");
+        }
+    }
+    if (summary.virus) {
+        fields.emplace_back("X-Mxhook-Virus",
+                            *summary.virus == "infected" ? "infected; name=" + summary.virus_name : *summary.virus);
+    }
     return fields;
 }
 
 nlohmann::ordered_json decision_json(const Verdicts& verdicts, std::string_view authentication_results) {
-    nlohmann::ordered_json out = nlohmann::ordered_json::object();
-    if (verdicts.spf) {
-        out["spf"] = {{"result", result_name(verdicts.spf->result)},
-                      {"domain", verdicts.spf->domain},
-                      {"scope", verdicts.spf->helo ? "helo" : "mailfrom"}};
-    }
-    if (verdicts.dkim) {
-        nlohmann::ordered_json signatures = nlohmann::ordered_json::array();
-        for (const auto& s : *verdicts.dkim) {
-            nlohmann::ordered_json one = {{"result", result_name(s.result)}, {"domain", s.domain}, {"selector", s.selector}};
-            if (!s.reason.empty()) one["reason"] = s.reason;
-            signatures.push_back(std::move(one));
+    using Json = nlohmann::ordered_json;
+    Json out = Json::object();
+    if (verdicts.spf || verdicts.dkim || verdicts.dmarc) {
+        Json auth = Json::object();
+        if (verdicts.spf) {
+            auth["spf"] = {{"result", result_name(verdicts.spf->result)},
+                           {"domain", verdicts.spf->domain},
+                           {"scope", verdicts.spf->helo ? "helo" : "mailfrom"}};
         }
-        out["dkim"] = std::move(signatures);
+        if (verdicts.dkim) {
+            Json signatures = Json::array();
+            for (const auto& s : *verdicts.dkim) {
+                Json one = {{"result", result_name(s.result)}, {"domain", s.domain}, {"selector", s.selector}};
+                if (!s.reason.empty()) one["reason"] = s.reason;
+                signatures.push_back(std::move(one));
+            }
+            auth["dkim"] = std::move(signatures);
+        }
+        if (verdicts.dmarc) {
+            auth["dmarc"] = {{"result", result_name(verdicts.dmarc->result)},
+                             {"policy", verdicts.dmarc->policy == DmarcPolicy::unspecified
+                                            ? Json(nullptr)
+                                            : Json(policy_name(verdicts.dmarc->policy))},
+                             {"domain", verdicts.dmarc->domain}};
+        }
+        auth["authenticationResults"] = authentication_results;
+        out["auth"] = std::move(auth);
     }
-    if (verdicts.dmarc) {
-        out["dmarc"] = {{"result", result_name(verdicts.dmarc->result)},
-                        {"policy", verdicts.dmarc->policy == DmarcPolicy::unspecified
-                                       ? nlohmann::ordered_json(nullptr)
-                                       : nlohmann::ordered_json(policy_name(verdicts.dmarc->policy))},
-                        {"domain", verdicts.dmarc->domain}};
+    if (verdicts.spam) {
+        const SpamVerdict& v = *verdicts.spam;
+        out["spam"] = v.checked ? Json{{"checked", true}, {"spam", v.spam}, {"score", v.score},
+                                       {"required", v.required}, {"action", plain_words(v.action)}}
+                                : Json{{"checked", false}};
     }
-    out["authenticationResults"] = authentication_results;
+    if (verdicts.virus) {
+        const VirusVerdict& v = *verdicts.virus;
+        out["virus"] = v.checked ? Json{{"checked", true}, {"infected", v.infected}, {"name", v.infected ? Json(plain_words(v.name)) : Json(nullptr)}}
+                                 : Json{{"checked", false}};
+    }
     return out;
 }
 
@@ -231,7 +323,8 @@ bool claims_authserv_id(std::string_view value, std::string_view authserv_id) {
 }
 
 std::vector<std::pair<std::size_t, std::size_t>> forged_results(std::string_view section,
-                                                               std::string_view authserv_id) {
+                                                               std::string_view authserv_id,
+                                                               const std::vector<std::string>& also) {
     static constexpr std::string_view kName = "Authentication-Results";
     std::vector<std::pair<std::size_t, std::size_t>> ranges;
     std::size_t pos = 0;
@@ -250,8 +343,11 @@ std::vector<std::pair<std::size_t, std::size_t>> forged_results(std::string_view
         if (colon != std::string_view::npos) {
             std::string_view name = field.substr(0, colon);
             while (!name.empty() && is_wsp(name.back())) name.remove_suffix(1);
-            if (boost::algorithm::iequals(name, kName) && claims_authserv_id(field.substr(colon + 1), authserv_id))
-                ranges.emplace_back(start, end);
+            const bool ours = boost::algorithm::iequals(name, kName) && !authserv_id.empty() &&
+                              claims_authserv_id(field.substr(colon + 1), authserv_id);
+            const bool owned = std::any_of(also.begin(), also.end(),
+                                           [name](const std::string& n) { return boost::algorithm::iequals(name, n); });
+            if (ours || owned) ranges.emplace_back(start, end);
         }
         pos = end;
     }

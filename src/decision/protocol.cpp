@@ -32,7 +32,7 @@ std::string optional_text(const Json& object, const char* key) {
 
 }  // namespace
 
-std::string request_body(const spool::Meta& meta, DecisionMode mode, std::string_view raw_mime, const Json& auth) {
+std::string request_body(const spool::Meta& meta, DecisionMode mode, std::string_view raw_mime, const Json& verdicts) {
     Json message;
     message["id"] = meta.id;
     message["createdAt"] = spool::iso8601(meta.created_at);
@@ -47,7 +47,9 @@ std::string request_body(const spool::Meta& meta, DecisionMode mode, std::string
         message["headers"] = std::move(headers);
     }
     if (mode == DecisionMode::full) message["rawMime"] = std::string(raw_mime);
-    if (!auth.is_null()) message["auth"] = auth;
+    if (verdicts.is_object()) {
+        for (const auto& [key, value] : verdicts.items()) message[key] = value;
+    }
 
     Json body;
     body["protocol"] = kProtocol;

@@ -186,6 +186,17 @@ std::string render(const Metrics& m, const SpoolSnapshot& spool, const BuildInfo
         }
     }
 
+    family(out, "mxhook_spam_checks_total", "counter",
+           "rspamd verdicts by result (unchecked: rspamd down, slow or unreadable).");
+    static constexpr std::array<std::string_view, kScanResults> spam_names{"ham", "spam", "unchecked"};
+    for (std::size_t i = 0; i < kScanResults; ++i)
+        sample(out, "mxhook_spam_checks_total", label("result", spam_names[i]), m.spam_checks[i].value());
+    family(out, "mxhook_virus_scans_total", "counter",
+           "clamd verdicts by result (unchecked: clamd down, slow or refusing the stream).");
+    static constexpr std::array<std::string_view, kScanResults> virus_names{"clean", "infected", "unchecked"};
+    for (std::size_t i = 0; i < kScanResults; ++i)
+        sample(out, "mxhook_virus_scans_total", label("result", virus_names[i]), m.virus_scans[i].value());
+
     family(out, "mxhook_deliveries_total", "counter",
            "Webhook delivery attempts by outcome: delivered (2xx), retried later, dead-lettered.");
     static constexpr std::array<std::string_view, kDeliveryOutcomes> delivery_names{"delivered", "retried",

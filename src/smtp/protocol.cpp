@@ -115,6 +115,8 @@ const char* outcome_name(DataOutcome outcome) {
         case DataOutcome::discarded: return "discarded";
         case DataOutcome::decision_unavailable: return "decision-unavailable";
         case DataOutcome::timed_out: return "timed-out";
+        case DataOutcome::infected: return "infected";
+        case DataOutcome::scan_unavailable: return "scan-unavailable";
     }
     return "unknown";
 }
@@ -318,6 +320,19 @@ Step Protocol::on_data(std::string_view arg) {
     return {line("354 End data with <CR><LF>.<CR><LF>"), Action::start_data};
 }
 
+namespace {
+
+// A name from a scanner, in a reply: printable ASCII without spaces, at most 100 bytes.
+std::string safe_word(std::string_view text) {
+    std::string out;
+    for (char c : text.substr(0, 100)) {
+        if (c > ' ' && c < 127 && c != '(' && c != ')') out += c;
+    }
+    return out.empty() ? "unnamed" : out;
+}
+
+}  // namespace
+
 Step Protocol::on_data_end(DataOutcome outcome, std::string_view text) {
     reset_transaction();
     switch (outcome) {
@@ -338,6 +353,9 @@ Step Protocol::on_data_end(DataOutcome outcome, std::string_view text) {
         case DataOutcome::denied: return {line("550 5.7.1 " + std::string(text))};
         case DataOutcome::decision_unavailable:
             return {line("451 4.7.1 Message cannot be accepted right now, try again later")};
+        case DataOutcome::infected: return {line("554 5.7.1 Message rejected: virus found (" + safe_word(text) + ")")};
+        case DataOutcome::scan_unavailable:
+            return {line("451 4.7.1 Message cannot be checked right now, try again later")};
         case DataOutcome::local_error: break;
     }
     return {line("451 4.3.0 Local error in processing, try again later")};

@@ -45,6 +45,18 @@ void count_verdicts(const auth::Verdicts& verdicts) {
     if (verdicts.spf) add(metrics::AuthCheck::spf, verdicts.spf->result);
     if (verdicts.dkim) add(metrics::AuthCheck::dkim, auth::dkim_summary(*verdicts.dkim));
     if (verdicts.dmarc) add(metrics::AuthCheck::dmarc, verdicts.dmarc->result);
+    if (verdicts.spam) {
+        const auto result = !verdicts.spam->checked ? metrics::ScanResult::unchecked
+                            : verdicts.spam->spam   ? metrics::ScanResult::positive
+                                                    : metrics::ScanResult::negative;
+        counted.spam_checks[static_cast<std::size_t>(result)].add();
+    }
+    if (verdicts.virus) {
+        const auto result = !verdicts.virus->checked  ? metrics::ScanResult::unchecked
+                            : verdicts.virus->infected ? metrics::ScanResult::positive
+                                                       : metrics::ScanResult::negative;
+        counted.virus_scans[static_cast<std::size_t>(result)].add();
+    }
 }
 
 // RFC 5321 4.5.3.1.4: a command line is at most 512 octets, CRLF included.
@@ -357,24 +369,24 @@ awaitable<std::optional<Step>> Session::receive_message(const std::string& reply
         co_await discard(draft);
         co_return finish(in, *refused);
     }
-    // Without a decision API or sender checks the rest of the message, meta.json and the
-    // commit go to the pool in one hand-off; with either, the commit waits for them.
+    // Without a decision API, sender checks or scanners the rest of the message, meta.json
+    // and the commit go to the pool in one hand-off; with any of them, the commit waits.
     const bool deciding = context_.decision != nullptr && context_.decision->enabled();
-    const bool checking = context_.auth != nullptr;
-    auto dkim = checking ? context_.auth->start_dkim() : nullptr;
-    auto written = co_await write_out(draft, in, /*commit_now=*/!deciding && !checking, checking, dkim.get());
-    if (!written || (!deciding && !checking)) co_return co_await answer_commit(draft, in, written);
-    nlohmann::ordered_json auth;
-    if (checking) {
-        auto checked = co_await authenticate(draft, in, *written, std::move(dkim));
-        if (!checked) {
+    const bool judging = context_.auth != nullptr || context_.rspamd != nullptr || context_.clamd != nullptr;
+    auto dkim = context_.auth != nullptr ? context_.auth->start_dkim() : nullptr;
+    auto written = co_await write_out(draft, in, /*commit_now=*/!deciding && !judging, judging, dkim.get());
+    if (!written || (!deciding && !judging)) co_return co_await answer_commit(draft, in, written);
+    nlohmann::ordered_json verdicts;
+    if (judging) {
+        auto judged = co_await judge(draft, in, *written, std::move(dkim));
+        if (judged.refusal) {
             co_await discard(draft);
-            co_return finish(in, DataOutcome::local_error);
+            co_return finish(in, judged.refusal->first, judged.refusal->second);
         }
-        auth = std::move(*checked);
+        verdicts = std::move(judged.verdicts);
     }
     if (deciding) {
-        if (const auto refused = co_await ask_decision(draft, written->meta, auth)) {
+        if (const auto refused = co_await ask_decision(draft, written->meta, verdicts)) {
             co_await discard(draft);
             co_return finish(in, refused->first, refused->second);
         }
@@ -392,7 +404,7 @@ Step Session::finish(const Incoming& in, DataOutcome outcome, const std::string&
                  protocol_.helo(), in.envelope.sender, joined(in.envelope.recipients), in.size, in.id,
                  outcome_name(outcome), protocol_.tls_active() ? " tls=yes" : "", detail.empty() ? "" : " detail=",
                  detail, ms.count());
-    Step step = protocol_.on_data_end(outcome, outcome == DataOutcome::denied ? detail : in.id);
+    Step step = protocol_.on_data_end(outcome, outcome == DataOutcome::denied || outcome == DataOutcome::infected ? detail : in.id);
     auto& counted = metrics::global();
     counted.smtp_transactions.add(reply_code(step.reply));
     counted.smtp_received_bytes.add(in.size);
@@ -578,7 +590,8 @@ awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incom
     // the checks have bounded to max_header_bytes.
     const std::size_t limit = in.trace_bytes + context_.protocol.max_header_bytes;
     const std::size_t trace_bytes = in.trace_bytes;
-    const std::string authserv_id = checking ? context_.auth->authserv_id() : std::string();
+    const std::string authserv_id = checking && context_.auth != nullptr ? context_.auth->authserv_id() : std::string();
+    const std::vector<std::string> owned = checking ? owned_fields() : std::vector<std::string>();
     auto& spool = context_.spool;
     const RecipientMode mode = context_.config.webhook_recipient_mode;
     // Never written out so far: the whole message is in memory, and so is its header
@@ -586,7 +599,7 @@ awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incom
     const bool in_memory = !draft.item;
     // With sender checks such a message stays in memory until its verdicts are known.
     const bool keep = checking && in_memory;
-    auto written = co_await try_blocking(context_.pool, [&spool, &draft, &meta, &authserv_id, limit, trace_bytes,
+    auto written = co_await try_blocking(context_.pool, [&spool, &draft, &meta, &authserv_id, &owned, limit, trace_bytes,
                                                          mode, commit_now, checking, keep, in_memory, dkim] {
         if (!keep) {
             if (!draft.item) draft.item = spool.create(draft.id);
@@ -607,7 +620,8 @@ awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incom
         meta.subject = mail::header_value(meta.headers, "Subject");
         Written out{std::move(meta), {}, {}};
         if (checking) {
-            for (const auto& [first, second] : auth::forged_results(section, authserv_id)) out.forged.emplace_back(first, second);
+            for (const auto& [first, second] : auth::forged_results(section, authserv_id, owned))
+                out.forged.emplace_back(first, second);
         }
         if (commit_now) out.ids = commit_item(spool, *draft.item, out.meta, mode);
         return out;
@@ -620,28 +634,61 @@ awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incom
     co_return written;
 }
 
-awaitable<std::optional<nlohmann::ordered_json>> Session::authenticate(Draft& draft, const Incoming& in,
-                                                                       Written& written,
-                                                                       std::unique_ptr<auth::DkimMessage> dkim) {
+awaitable<Session::Judged> Session::judge(Draft& draft, const Incoming& in, Written& written,
+                                          std::unique_ptr<auth::DkimMessage> dkim) {
+    using namespace asio::experimental::awaitable_operators;
     spool::Meta& meta = written.meta;
-    auth::Checker& checker = *context_.auth;
-    auth::Checker::Message message;
-    message.client_ip = client_ip_;
-    message.helo = protocol_.helo();
-    message.sender = spool::bare_address(in.envelope.sender);
-    for (const auto& [name, value] : meta.headers) {
-        if (boost::algorithm::iequals(name, "From")) message.from_values.push_back(value);
-    }
-    message.dkim = std::move(dkim);
-    const auth::Verdicts verdicts = co_await checker.check(std::move(message), session_deadline_);
-    const std::string header = auth::authentication_results(checker.authserv_id(), verdicts);
+    // The message as it stands: in memory, or in tmp/. Untouched until all three are done.
+    scan::MessageBytes bytes;
+    bytes.in_memory = !draft.item;
+    if (bytes.in_memory) bytes.memory = draft.held;
+    else bytes.file = draft.item->dir() / "message.eml";
+
+    const auto authenticate = [&]() -> awaitable<auth::Verdicts> {
+        if (context_.auth == nullptr) co_return auth::Verdicts{};
+        auth::Checker::Message message;
+        message.client_ip = client_ip_;
+        message.helo = protocol_.helo();
+        message.sender = spool::bare_address(in.envelope.sender);
+        for (const auto& [name, value] : meta.headers) {
+            if (boost::algorithm::iequals(name, "From")) message.from_values.push_back(value);
+        }
+        message.dkim = std::move(dkim);
+        co_return co_await context_.auth->check(std::move(message), session_deadline_);
+    };
+    const auto spam = [&]() -> awaitable<std::optional<auth::SpamVerdict>> {
+        if (context_.rspamd == nullptr) co_return std::nullopt;
+        scan::Envelope envelope{in.id, client_ip_, in.client_host, protocol_.helo(),
+                                spool::bare_address(in.envelope.sender), {}};
+        for (const auto& r : in.envelope.recipients) envelope.recipients.push_back(spool::bare_address(r));
+        co_return co_await context_.rspamd->check(envelope, bytes);
+    };
+    const auto virus = [&]() -> awaitable<std::optional<auth::VirusVerdict>> {
+        if (context_.clamd == nullptr) co_return std::nullopt;
+        co_return co_await context_.clamd->scan(bytes);
+    };
+    auto [verdicts, spam_verdict, virus_verdict] = co_await (authenticate() && spam() && virus());
+    verdicts.spam = std::move(spam_verdict);
+    verdicts.virus = std::move(virus_verdict);
     count_verdicts(verdicts);
 
-    // meta.json and the payload's message-headers show the message as it is posted:
-    // without the forged fields, with ours first.
-    std::erase_if(meta.headers, [&checker](const mail::Header& h) {
-        return boost::algorithm::iequals(h.first, "Authentication-Results") &&
-               auth::claims_authserv_id(h.second, checker.authserv_id());
+    const Config& config = context_.config;
+    if (verdicts.virus && verdicts.virus->infected && config.clamd_reject)
+        co_return Judged{Refusal{DataOutcome::infected, verdicts.virus->name}, {}};
+    if ((verdicts.virus && !verdicts.virus->checked && config.clamd_required) ||
+        (verdicts.spam && !verdicts.spam->checked && config.rspamd_required))
+        co_return Judged{Refusal{DataOutcome::scan_unavailable, verdicts.virus && !verdicts.virus->checked ? "clamd" : "rspamd"}, {}};
+
+    // Our headers first; a sender's copies of them go (see write_out).
+    const std::string authserv_id = context_.auth != nullptr ? context_.auth->authserv_id() : std::string();
+    const std::string results = context_.auth != nullptr ? auth::authentication_results(authserv_id, verdicts) : "";
+    const std::string header = results + auth::content_headers(verdicts);
+    const std::vector<std::string> owned = owned_fields();
+    // meta.json and the payload's message-headers show the message as it is posted.
+    std::erase_if(meta.headers, [&authserv_id, &owned](const mail::Header& h) {
+        if (boost::algorithm::iequals(h.first, "Authentication-Results"))
+            return !authserv_id.empty() && auth::claims_authserv_id(h.second, authserv_id);
+        return std::any_of(owned.begin(), owned.end(), [&h](const std::string& n) { return boost::algorithm::iequals(h.first, n); });
     });
     {
         ViewBuffer view(header);
@@ -650,7 +697,7 @@ awaitable<std::optional<nlohmann::ordered_json>> Session::authenticate(Draft& dr
         meta.headers.insert(meta.headers.begin(), ours.begin(), ours.end());
     }
     meta.auth = auth::summarize(verdicts);
-    spdlog::debug("auth id={} {}", in.id, header.substr(0, header.size() - 2));
+    if (!results.empty()) spdlog::debug("auth id={} {}", in.id, results.substr(0, results.size() - 2));
 
     if (!draft.item) {  // all in memory: edited here (at most a flush's worth of bytes)
         std::string edited;
@@ -669,13 +716,20 @@ awaitable<std::optional<nlohmann::ordered_json>> Session::authenticate(Draft& dr
             spool.rewrite(*draft.item, header, written.forged);
         });
         if (!rewritten) {
-            spdlog::error("spool: cannot add the Authentication-Results header to {}: {}", in.id,
-                          rewritten.failure().message);
-            co_return std::nullopt;
+            spdlog::error("spool: cannot add the verdict headers to {}: {}", in.id, rewritten.failure().message);
+            co_return Judged{Refusal{DataOutcome::local_error, std::string()}, {}};
         }
     }
-    const std::string_view value = std::string_view(header).substr(24, header.size() - 26);  // "Authentication-Results: ", CRLF
-    co_return auth::decision_json(verdicts, value);
+    // The header's value: after "Authentication-Results: ", without its CRLF.
+    const std::string_view value = results.empty() ? std::string_view() : std::string_view(results).substr(24, results.size() - 26);
+    co_return Judged{std::nullopt, auth::decision_json(verdicts, value)};
+}
+
+std::vector<std::string> Session::owned_fields() const {
+    auth::Verdicts configured;
+    if (context_.rspamd != nullptr) configured.spam = auth::SpamVerdict{};
+    if (context_.clamd != nullptr) configured.virus = auth::VirusVerdict{};
+    return auth::owned_fields(configured);
 }
 
 awaitable<Step> Session::answer_commit(Draft& draft, const Incoming& in, Result<Written>& written) {

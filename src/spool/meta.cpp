@@ -224,7 +224,7 @@ std::string to_json(const Meta& meta) {
         w.string(iso8601(*meta.requeued_at));
     }
     if (meta.auth) {
-        w.key("auth");
+        w.key("verdicts");
         w.open('{');
         const auto result = [&w](const char* key, const std::optional<auth::Result>& r) {
             if (!r) return;
@@ -238,6 +238,16 @@ std::string to_json(const Meta& meta) {
             w.key("dmarcPolicy");
             w.string(std::string(auth::policy_name(meta.auth->dmarc_policy)));
         }
+        const auto text = [&w](const char* key, const std::string& value) {
+            if (value.empty()) return;
+            w.key(key);
+            w.string(value);
+        };
+        text("spam", meta.auth->spam.value_or(""));
+        text("spamScore", meta.auth->spam_score);
+        text("spamAction", meta.auth->spam_action);
+        text("virus", meta.auth->virus.value_or(""));
+        text("virusName", meta.auth->virus_name);
         w.close('}');
     }
     w.close('}');
@@ -332,7 +342,7 @@ private:
                     meta_.remote = {};
                     remote_key_.clear();
                     state_ = State::remote;
-                } else if (object && key_ == "auth") {
+                } else if (object && key_ == "verdicts") {
                     meta_.auth = auth::Summary{};
                     remote_key_.clear();
                     state_ = State::auth;
@@ -449,6 +459,14 @@ private:
             for (auto p : {auth::DmarcPolicy::none, auth::DmarcPolicy::quarantine, auth::DmarcPolicy::reject}) {
                 if (*text == auth::policy_name(p)) meta_.auth->dmarc_policy = p;
             }
+        } else if (k == "spam" || k == "virus") {
+            (k == "spam" ? meta_.auth->spam : meta_.auth->virus) = std::move(*text);
+        } else if (k == "spamScore") {
+            meta_.auth->spam_score = std::move(*text);
+        } else if (k == "spamAction") {
+            meta_.auth->spam_action = std::move(*text);
+        } else if (k == "virusName") {
+            meta_.auth->virus_name = std::move(*text);
         }
     }
 

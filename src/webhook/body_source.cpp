@@ -178,6 +178,15 @@ std::shared_ptr<FormBodySource> FormBodySource::open(const Fields& fields, Webho
     });
 }
 
+std::shared_ptr<FormBodySource> FormBodySource::open_raw(const std::filesystem::path& message,
+                                                         std::string content_type, boost::asio::thread_pool& pool,
+                                                         boost::asio::any_io_executor io) {
+    return open_with(message, pool, std::move(io), [&content_type](State& state, bool) {
+        state.encode = false;
+        state.content_type = std::move(content_type);
+    });
+}
+
 std::shared_ptr<FormBodySource> FormBodySource::open_with(const std::filesystem::path& message,
                                                           boost::asio::thread_pool& pool,
                                                           boost::asio::any_io_executor io,

@@ -96,21 +96,6 @@ std::string sample_tlvs() {
     return tlv(0x02, "mx.example.com") + tlv(0x05, "conn-4711") + tlv(0x04, std::string(7, '\0'));
 }
 
-std::string printable(std::string_view bytes, std::size_t limit = 120) {
-    std::string out;
-    for (std::size_t i = 0; i < bytes.size() && i < limit; ++i) {
-        const auto u = static_cast<unsigned char>(bytes[i]);
-        if (bytes[i] == '\r') out += "\\r";
-        else if (bytes[i] == '\n') out += "\\n";
-        else if (u < 0x20 || u >= 0x7F) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\x%02x", u);
-            out += buf;
-        } else out += bytes[i];
-    }
-    if (bytes.size() > limit) out += "...";
-    return out;
-}
 
 // --- a raw TCP connection ------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ public:
     // raw_mime is needed in full mode only. Never throws for HTTP failures: they come
     // back as Verdict::unavailable with the reason.
     boost::asio::awaitable<Decision> decide(const spool::Meta& meta, std::string_view raw_mime,
-                                           const nlohmann::ordered_json& auth = nullptr);
+                                           const nlohmann::ordered_json& verdicts = nullptr);
 
 private:
     http::Client& http_;

@@ -23,10 +23,10 @@ struct Decision {
 
 // {"protocol": ..., "mode": ..., "message": {...}}; raw_mime is used in full mode only,
 // with bytes that are not valid UTF-8 replaced by U+FFFD.
-// `auth`: the sender authentication object (auth::decision_json), sent as message.auth
-// when not null.
+// `verdicts`: fields added to `message` (auth::decision_json: auth, spam, virus) when it
+// is an object.
 std::string request_body(const spool::Meta& meta, DecisionMode mode, std::string_view raw_mime,
-                         const nlohmann::ordered_json& auth = nullptr);
+                         const nlohmann::ordered_json& verdicts = nullptr);
 
 // Reads the HTTP answer: only status 200 with a JSON object whose "decision" is allow,
 // deny or silent_deny counts; everything else is unavailable with the reason why.

@@ -85,6 +85,10 @@ enum class AuthCheck { spf, dkim, dmarc };
 inline constexpr std::size_t kAuthChecks = 3;
 inline constexpr std::size_t kAuthResults = 7;
 
+// Content scanners: positive is spam (rspamd) or infected (clamd).
+enum class ScanResult { negative, positive, unchecked };
+inline constexpr std::size_t kScanResults = 3;
+
 enum class DeliveryOutcome { delivered, retried, dead_lettered };
 inline constexpr std::size_t kDeliveryOutcomes = 3;
 
@@ -120,6 +124,8 @@ struct Metrics {
 
     // Sender authentication (DKIM: one result per message, as X-Mailgun-Dkim-Check-Result)
     std::array<std::array<Counter, kAuthResults>, kAuthChecks> auth_results;
+    std::array<Counter, kScanResults> spam_checks;  // rspamd: ham, spam, unchecked
+    std::array<Counter, kScanResults> virus_scans;  // clamd: clean, infected, unchecked
 
     // Deliveries
     std::array<Counter, kDeliveryOutcomes> deliveries;

@@ -62,6 +62,8 @@ enum class DataOutcome {
     discarded,       // the decision API said silent_deny: answered as if queued
     decision_unavailable,  // the decision API could not be asked or gave no valid answer
     timed_out,       // SMTP_MAX_SESSION_MS passed before the message could be answered: 421, close
+    infected,        // clamd found a virus and CLAMD_ACTION=reject (text: the signature's name)
+    scan_unavailable,  // a scanner could not check it and *_REQUIRED=true (text: which)
 };
 
 // A short name for logs ("queued", "too-big", ...).

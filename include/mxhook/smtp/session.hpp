@@ -13,6 +13,7 @@
 
 #include "mxhook/auth/checker.hpp"
 #include "mxhook/blocking.hpp"
+#include "mxhook/scan/scanners.hpp"
 #include "mxhook/config.hpp"
 #include "mxhook/decision/client.hpp"
 #include "mxhook/smtp/data_decoder.hpp"
@@ -53,6 +54,8 @@ struct SessionContext {
     dns::Resolver* dns = nullptr;                          // client names looked up when set
     const spool::DiskGuard* disk_guard = nullptr;          // MAIL gets 452 below SPOOL_MIN_FREE_BYTES
     auth::Checker* auth = nullptr;                         // sender checks after DATA when set
+    scan::Rspamd* rspamd = nullptr;                        // spam verdict after DATA when set
+    scan::Clamd* clamd = nullptr;                          // virus scan after DATA when set
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -97,7 +100,6 @@ private:
         // ranges of the message, removed before ours is added (only with sender checks).
         std::vector<std::pair<std::uint64_t, std::uint64_t>> forged;
     };
-    using Refusal = std::pair<DataOutcome, std::string>;  // outcome, and the text for the reply
     // Writes the 354 and gives the reverse-DNS lookup the rest of its bound; false when the
     // client went away or the session's time ran out meanwhile.
     boost::asio::awaitable<bool> begin_data(const std::string& reply354);
@@ -118,13 +120,21 @@ private:
     // forged Authentication-Results fields are found, and `dkim` (when set) reads the message.
     boost::asio::awaitable<Result<Written>> write_out(Draft& draft, const Incoming& in, bool commit_now,
                                                       bool checking, auth::DkimMessage* dkim);
-    // Runs the sender checks and writes their verdicts into the message (our
-    // Authentication-Results header first, the forged ones gone) and into `written.meta`.
-    // Returns the decision API's `auth` object; nullopt when the message could not be
-    // rewritten (logged: the client gets 451).
-    boost::asio::awaitable<std::optional<nlohmann::ordered_json>> authenticate(Draft& draft, const Incoming& in,
-                                                                                Written& written,
-                                                                                std::unique_ptr<auth::DkimMessage> dkim);
+    using Refusal = std::pair<DataOutcome, std::string>;  // outcome, and the text for the reply
+    // The decision API's additions to `message` (auth, spam, virus), or why the message is
+    // refused (a virus with CLAMD_ACTION=reject, an unchecked message with *_REQUIRED, a
+    // spool error).
+    struct Judged {
+        std::optional<Refusal> refusal;
+        nlohmann::ordered_json verdicts;
+    };
+    // Runs the sender checks and the content scanners side by side and writes their
+    // verdicts into the message (our headers first, a sender's copies of them gone) and into
+    // `written.meta`.
+    boost::asio::awaitable<Judged> judge(Draft& draft, const Incoming& in, Written& written,
+                                         std::unique_ptr<auth::DkimMessage> dkim);
+    // Header fields the configured scanners write, which a sender may not bring along.
+    std::vector<std::string> owned_fields() const;
     // Asks the decision API (when enabled); nullopt means allow, else the outcome to answer.
     // Abandoned when SMTP_MAX_SESSION_MS passes first (DataOutcome::timed_out).
     // In full mode the message is read back from the draft: from tmp/, or from memory when

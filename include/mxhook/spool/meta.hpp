@@ -43,9 +43,10 @@ struct Meta {
     // back from dead/ (`mxhook spool requeue`). MAX_RETRY_AGE_MS counts from the later of
     // this and createdAt, so a requeued message gets its retry window again.
     std::optional<Clock::time_point> requeued_at;
-    // mxhook only ("auth", written when sender authentication ran): the verdicts'
-    // summary the payload's X-Mailgun-Spf, X-Mailgun-Dkim-Check-Result and X-Mxhook-Dmarc
-    // are made from. An unknown result name in it is ignored, never a reason to fail the item.
+    // mxhook only ("verdicts", written when sender authentication or a content scanner
+    // ran): the summary the payload's X-Mailgun-Spf, X-Mailgun-Dkim-Check-Result,
+    // X-Mxhook-Dmarc, X-Mailgun-Sflag, X-Mailgun-Sscore, X-Mxhook-Spam and X-Mxhook-Virus are
+    // made from. An unknown value in it is ignored, never a reason to fail the item.
     std::optional<auth::Summary> auth;
 };
 

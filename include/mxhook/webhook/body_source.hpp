@@ -35,6 +35,9 @@ public:
                                                 const std::filesystem::path& message,
                                                 boost::asio::thread_pool& pool,
                                                 boost::asio::any_io_executor io);
+    // message.eml as it is, nothing around it (a content scanner's request body).
+    static std::shared_ptr<FormBodySource> open_raw(const std::filesystem::path& message, std::string content_type,
+                                                    boost::asio::thread_pool& pool, boost::asio::any_io_executor io);
     // The Content-Type header value for this body.
     const std::string& content_type() const;
     // When the message fitted in the first read (up to 64 KiB), the whole body is already

@@ -66,11 +66,10 @@ std::optional<TraceSplit> split_received(const std::string& body_mime) {
     return TraceSplit{body_mime.substr(0, pos), body_mime.substr(pos)};
 }
 
-namespace {
-
-std::string escaped(std::string_view bytes) {
+std::string printable(std::string_view bytes, std::size_t limit) {
     std::string out;
-    for (const char c : bytes) {
+    for (std::size_t i = 0; i < bytes.size() && i < limit; ++i) {
+        const char c = bytes[i];
         const auto u = static_cast<unsigned char>(c);
         if (c == '\r') out += "\\r";
         else if (c == '\n') out += "\\n";
@@ -80,8 +79,13 @@ std::string escaped(std::string_view bytes) {
             out += buf;
         } else out += c;
     }
+    if (bytes.size() > limit) out += "...";
     return out;
 }
+
+namespace {
+
+std::string escaped(std::string_view bytes) { return printable(bytes, bytes.size()); }
 
 }  // namespace
 

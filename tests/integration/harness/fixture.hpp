@@ -44,6 +44,10 @@ struct TraceSplit {
 };
 std::optional<TraceSplit> split_received(const std::string& body_mime);
 
+// Bytes readable in a failure message: CR, LF and other controls escaped, at most `limit`
+// of them (then "...").
+std::string printable(std::string_view bytes, std::size_t limit = 120);
+
 // Describes where two byte strings first differ (offset, and a few escaped bytes of each).
 std::string first_difference(const std::string& expected, const std::string& actual);
 
