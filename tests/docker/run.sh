@@ -260,6 +260,15 @@ if ! "$docker_bin" image inspect debian:bookworm-slim >/dev/null 2>&1; then
 fi
 ok "base images debian:bookworm and debian:bookworm-slim present"
 
+# The optional scanners (profile scan) are not built here (rspamd and ClamAV images from
+# Debian packages, and ClamAV's signatures need the internet); their part of the file must
+# still be valid Compose.
+(cd "$repo" && compose -f docker-compose.yml --profile scan config --quiet) >"$work/scan-config.log" 2>&1 || {
+  sed 's/^/    /' "$work/scan-config.log"
+  fail "docker-compose.yml with --profile scan is not valid"
+}
+ok "docker-compose.yml --profile scan (rspamd, clamd) is valid Compose"
+
 # ---- build --------------------------------------------------------------------------------
 say "building $MXHOOK_IMAGE (compiles mxhook and runs its unit tests in the build stage; minutes)"
 build_start=$SECONDS
