@@ -22,7 +22,7 @@ need '-rwxr-xr-x' usr/bin/mxhook
 need '-rw-r--r--' usr/lib/systemd/system/mxhook.service
 need '-rw-r-----' etc/mxhook/mxhook.env
 [ "$(dpkg-deb -f "$deb" Package)" = mxhook ] || { echo "package_test: wrong Package" >&2; fail=1; }
-for lib in libssl3 libcurl4 libc-ares2 libsystemd0 adduser; do
+for lib in libssl3 libcurl4 libc-ares2 libsystemd0 libspf2-2 libopendkim11 libopendmarc2 publicsuffix adduser; do
     dpkg-deb -f "$deb" Depends | grep -q "$lib" || { echo "package_test: Depends lacks $lib" >&2; fail=1; }
 done
 mkdir "$scratch/control"

@@ -72,8 +72,12 @@ auto run_blocking(boost::asio::thread_pool& pool, F fn)
     -> boost::asio::awaitable<std::invoke_result_t<F&>> {
     using R = std::invoke_result_t<F&>;
     // co_spawn onto the pool; the completion is delivered back through the caller's
-    // executor. Exceptions thrown by fn are rethrown in the caller.
-    co_return co_await boost::asio::co_spawn(
+    // executor. Exceptions thrown by fn are rethrown in the caller. Not a coroutine itself:
+    // g++ 12 destroys a closure twice when it is a by-value parameter of a coroutine and
+    // the argument was a temporary in a co_await expression (a closure holding a
+    // shared_ptr then drops one reference too many); here it is moved straight into the
+    // function object co_spawn keeps.
+    return boost::asio::co_spawn(
         pool,
         [f = std::move(fn)]() mutable -> boost::asio::awaitable<R> {
             if constexpr (std::is_void_v<R>) {

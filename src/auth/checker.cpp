@@ -72,13 +72,17 @@ std::unique_ptr<DkimMessage> Checker::start_dkim() const {
 
 awaitable<SpfVerdict> Checker::check_spf(const SpfRequest& request, Clock::time_point deadline) {
     Answers answers;
+    // Outside the loop: g++ 12 destroys a variable initialised by a co_await in a loop body
+    // twice.
+    Answers more;
     for (int round = 0; round < kMaxSpfRounds; ++round) {
         SpfOutcome outcome = spf_->evaluate(request, answers);
         if (outcome.missing.empty()) co_return outcome.verdict;
         // Past the deadline, fetch() answers every question with a temporary error at
         // once, and the next round concludes temperror.
-        Answers more = co_await fetch(resolver_, std::move(outcome.missing), deadline);
+        more = co_await fetch(resolver_, std::move(outcome.missing), deadline);
         answers.merge(more);
+        more.clear();
     }
     co_return SpfVerdict{Result::permerror, {}, request.sender.empty()};
 }

@@ -133,7 +133,7 @@ SpfEvaluator::SpfEvaluator(const std::string& receiver) : layer_(new Layer), ser
     dns->name = "mxhook";
     dns->hook = layer_;
     layer_->server = dns;
-    SPF_server_t* server = SPF_server_new_dns(dns, 0);  // owns dns from here
+    SPF_server_t* server = SPF_server_new_dns(dns, 0);
     if (server == nullptr) {
         std::free(dns);
         delete layer_;
@@ -144,7 +144,8 @@ SpfEvaluator::SpfEvaluator(const std::string& receiver) : layer_(new Layer), ser
 }
 
 SpfEvaluator::~SpfEvaluator() {
-    SPF_server_free(server_of(server_));
+    SPF_server_free(server_of(server_));  // leaves a resolver it did not make to its owner
+    std::free(layer_->server);
     delete layer_;
 }
 

@@ -4,7 +4,6 @@
 #include "mxhook/webhook/body_source.hpp"
 
 #include <boost/asio/connect.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/read.hpp>
@@ -48,35 +47,68 @@ std::string be32(std::size_t n) {
             static_cast<char>(n & 0xff)};
 }
 
+// One length-prefixed INSTREAM chunk (an empty one ends the stream).
+template <typename Socket>
+awaitable<void> send_chunk(Socket& socket, std::string_view piece) {
+    const std::string length = be32(piece.size());
+    std::array<asio::const_buffer, 2> buffers{asio::buffer(length), asio::buffer(piece.data(), piece.size())};
+    co_await asio::async_write(socket, buffers, use_awaitable);
+}
+
+// Reads message.eml one chunk at a time, on the pool: opened at the first read.
+class ChunkReader {
+public:
+    explicit ChunkReader(std::filesystem::path path) : path_(std::move(path)) {}
+    std::string next() {
+        if (!file_.is_open()) {
+            file_.open(path_, std::ios::binary);
+            if (!file_) throw std::system_error(errno, std::generic_category(), "open " + path_.string());
+        }
+        std::string chunk(kChunk, '\0');
+        file_.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+        if (file_.bad()) throw std::system_error(EIO, std::generic_category(), "read " + path_.string());
+        chunk.resize(static_cast<std::size_t>(file_.gcount()));
+        return chunk;
+    }
+
+private:
+    std::filesystem::path path_;
+    std::ifstream file_;
+};
+
+// The message from its spool file, chunk after chunk; false when the file could not be read.
+template <typename Socket>
+awaitable<bool> send_file(Socket& socket, asio::thread_pool& pool, std::filesystem::path path) {
+    auto reader = std::make_shared<ChunkReader>(std::move(path));
+    const auto next = [reader] { return reader->next(); };
+    // Declared outside the loop: g++ 12 destroys a variable initialised by a co_await in a
+    // loop body twice (heap corruption seen under its AddressSanitizer).
+    Result<std::string> chunk;
+    for (;;) {
+        chunk = co_await try_blocking(pool, next);
+        if (!chunk) {
+            spdlog::warn("clamd: cannot read the message: {}", chunk.failure().message);
+            co_return false;
+        }
+        if (chunk->empty()) co_return true;
+        co_await send_chunk(socket, *chunk);
+    }
+}
+
 // One INSTREAM exchange on a connected socket: the command, the message in length-prefixed
 // chunks, the zero-length end, then the reply up to its NUL (or the end of the stream).
 template <typename Socket>
 awaitable<auth::VirusVerdict> instream(Socket& socket, asio::thread_pool& pool, const MessageBytes& message) {
     co_await asio::async_write(socket, asio::buffer(std::string_view("zINSTREAM\0", 10)), use_awaitable);
-    const auto send = [&socket](std::string_view piece) -> awaitable<void> {
-        const std::string length = be32(piece.size());
-        std::array<asio::const_buffer, 2> buffers{asio::buffer(length), asio::buffer(piece.data(), piece.size())};
-        co_await asio::async_write(socket, buffers, use_awaitable);
-    };
     if (message.in_memory) {
         for (std::size_t at = 0; at < message.memory.size(); at += kChunk)
-            co_await send(message.memory.substr(at, kChunk));
+            co_await send_chunk(socket, message.memory.substr(at, kChunk));
     } else {
-        auto file = std::make_shared<std::ifstream>(message.file, std::ios::binary);
-        if (!*file) co_return auth::VirusVerdict{};
-        auto chunk = std::make_shared<std::string>(kChunk, '\0');
-        for (;;) {
-            auto read = co_await try_blocking(pool, [file, chunk] {
-                file->read(chunk->data(), static_cast<std::streamsize>(chunk->size()));
-                if (file->bad()) throw std::system_error(EIO, std::generic_category(), "read");
-                return static_cast<std::size_t>(file->gcount());
-            });
-            if (!read) co_return auth::VirusVerdict{};
-            if (*read == 0) break;
-            co_await send(std::string_view(*chunk).substr(0, *read));
-        }
+        // Not in the if's condition: g++ 12 freed send_file's frame while it still ran there.
+        const bool sent = co_await send_file(socket, pool, message.file);
+        if (!sent) co_return auth::VirusVerdict{};
     }
-    co_await asio::async_write(socket, asio::buffer(be32(0)), use_awaitable);
+    co_await send_chunk(socket, std::string_view());
     std::string reply;
     std::array<char, 256> buffer{};
     for (;;) {
@@ -87,6 +119,39 @@ awaitable<auth::VirusVerdict> instream(Socket& socket, asio::thread_pool& pool, 
         if (ec || reply.find('\0') != std::string::npos || reply.size() > kMaxReply) break;
     }
     co_return parse_clamd_reply(reply);
+}
+
+// Connects and scans within `timeout`; never throws (a refused connect, a reset, the
+// timeout: unchecked). The timeout closes the socket, which ends whatever the scan waits
+// for. (Not Asio's `||`: a pool hand-off inside one of its branches corrupted the heap in
+// g++ 12's build.)
+template <typename Socket, typename Endpoint>
+awaitable<auth::VirusVerdict> scan_with(Endpoint endpoint, asio::thread_pool& pool, const MessageBytes& message,
+                                        std::chrono::milliseconds timeout) {
+    const auto executor = co_await asio::this_coro::executor;
+    auto socket = std::make_shared<Socket>(executor);
+    auto expired = std::make_shared<bool>(false);
+    asio::steady_timer bound(executor, timeout);
+    bound.async_wait([socket, expired](boost::system::error_code ec) {
+        if (ec) return;
+        *expired = true;
+        boost::system::error_code ignored;
+        socket->close(ignored);
+    });
+    auth::VirusVerdict verdict;
+    try {
+        co_await socket->async_connect(endpoint, use_awaitable);
+        verdict = co_await instream(*socket, pool, message);
+    } catch (const std::exception& e) {
+        verdict = auth::VirusVerdict{};
+        if (!*expired) spdlog::warn("clamd unchecked: {}", e.what());
+    }
+    bound.cancel();
+    if (*expired) {
+        spdlog::warn("clamd unchecked: no answer within CLAMD_TIMEOUT_MS");
+        co_return auth::VirusVerdict{};
+    }
+    co_return verdict;
 }
 
 }  // namespace
@@ -165,35 +230,15 @@ Clamd::Clamd(asio::thread_pool& pool, ClamdAddress address, std::chrono::millise
     : pool_(pool), address_(std::move(address)), timeout_(timeout) {}
 
 awaitable<auth::VirusVerdict> Clamd::scan(MessageBytes message) {
-    using namespace asio::experimental::awaitable_operators;
-    const auto executor = co_await asio::this_coro::executor;
-    asio::steady_timer bound(executor, timeout_);
-    auth::VirusVerdict verdict;
-    try {
-        if (!address_.unix_path.empty()) {
-            asio::local::stream_protocol::socket socket(executor);
-            const auto talk = [&]() -> awaitable<auth::VirusVerdict> {
-                co_await socket.async_connect(asio::local::stream_protocol::endpoint(address_.unix_path), use_awaitable);
-                co_return co_await instream(socket, pool_, message);
-            };
-            auto raced = co_await (talk() || bound.async_wait(use_awaitable));
-            if (raced.index() == 0) verdict = std::get<0>(raced);
-        } else {
-            asio::ip::tcp::socket socket(executor);
-            const asio::ip::tcp::endpoint endpoint(asio::ip::make_address(address_.tcp.host), address_.tcp.port);
-            const auto talk = [&]() -> awaitable<auth::VirusVerdict> {
-                co_await socket.async_connect(endpoint, use_awaitable);
-                co_return co_await instream(socket, pool_, message);
-            };
-            auto raced = co_await (talk() || bound.async_wait(use_awaitable));
-            if (raced.index() == 0) verdict = std::get<0>(raced);
-        }
-    } catch (const std::exception& e) {
-        spdlog::warn("clamd unchecked: {}", e.what());
-        co_return auth::VirusVerdict{};
+    if (!address_.unix_path.empty()) {
+        co_return co_await scan_with<asio::local::stream_protocol::socket>(
+            asio::local::stream_protocol::endpoint(address_.unix_path), pool_, message, timeout_);
     }
-    if (!verdict.checked) spdlog::warn("clamd unchecked: no usable answer within CLAMD_TIMEOUT_MS or an error reply");
-    co_return verdict;
+    boost::system::error_code ec;
+    const auto address = asio::ip::make_address(address_.tcp.host, ec);
+    if (ec) co_return auth::VirusVerdict{};
+    co_return co_await scan_with<asio::ip::tcp::socket>(asio::ip::tcp::endpoint(address, address_.tcp.port), pool_,
+                                                        message, timeout_);
 }
 
 }  // namespace mxhook::scan

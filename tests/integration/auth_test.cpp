@@ -155,47 +155,7 @@ std::string joined(const std::vector<std::string>& items) {
     return out + "]";
 }
 
-// --- a small HTTP GET for /metrics ------------------------------------------------------------------
 
-std::string http_get(unsigned short port, const std::string& path) {
-    std::string error;
-    const int fd = connect_loopback(port, 5s, error);
-    if (fd < 0) return {};
-    const std::string request = "GET " + path + " HTTP/1.1\r\nHost: metrics.test\r\nConnection: close\r\n\r\n";
-    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
-        ::close(fd);
-        return {};
-    }
-    std::string response;
-    const auto deadline = Clock::now() + 5s;
-    while (Clock::now() < deadline) {
-        char chunk[8192];
-        const ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        response.append(chunk, static_cast<std::size_t>(n));
-        const auto head_end = response.find("\r\n\r\n");
-        if (head_end == std::string::npos) continue;
-        const std::string head = lower(response.substr(0, head_end));
-        const auto cl = head.find("content-length:");
-        if (cl != std::string::npos &&
-            response.size() >= head_end + 4 + std::stoul(head.substr(cl + 15)))
-            break;
-    }
-    ::close(fd);
-    const auto head_end = response.find("\r\n\r\n");
-    return head_end == std::string::npos ? std::string() : response.substr(head_end + 4);
-}
-
-// The value of one sample (`series` is the name with its labels); -1 when absent.
-double sample_value(const std::string& exposition, const std::string& series) {
-    std::istringstream in(exposition);
-    std::string line;
-    while (std::getline(in, line)) {
-        if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
-    }
-    return -1;
-}
 
 std::string auth_series(const std::string& check, const std::string& result) {
     return "mxhook_auth_results_total{check=\"" + check + "\",result=\"" + result + "\"}";

@@ -190,4 +190,55 @@ long proc_status_kib(int pid, std::string_view field) {
     return -1;
 }
 
+namespace {
+
+std::string ascii_lower(std::string text) {
+    for (char& c : text) {
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    }
+    return text;
+}
+
+}  // namespace
+
+std::string http_get(unsigned short port, const std::string& path) {
+    std::string error;
+    const int fd = connect_loopback(port, std::chrono::seconds(5), error);
+    if (fd < 0) return {};
+    const std::string request = "GET " + path + " HTTP/1.1\r\nHost: mxhook.test\r\nConnection: close\r\n\r\n";
+    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+        ::close(fd);
+        return {};
+    }
+    std::string response;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (std::chrono::steady_clock::now() < deadline) {
+        char chunk[8192];
+        const ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        response.append(chunk, static_cast<std::size_t>(n));
+        const auto head_end = response.find("\r\n\r\n");
+        if (head_end == std::string::npos) continue;
+        const std::string head = ascii_lower(response.substr(0, head_end));
+        const auto cl = head.find("content-length:");
+        if (cl != std::string::npos &&
+            response.size() >= head_end + 4 + std::stoul(head.substr(cl + 15)))
+            break;
+    }
+    ::close(fd);
+    const auto head_end = response.find("\r\n\r\n");
+    return head_end == std::string::npos ? std::string() : response.substr(head_end + 4);
+}
+
+// The value of one sample (`series` is the name with its labels); -1 when absent.
+double sample_value(const std::string& exposition, const std::string& series) {
+    std::istringstream in(exposition);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+    }
+    return -1;
+}
+
 }  // namespace itest

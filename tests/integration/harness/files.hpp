@@ -49,6 +49,14 @@ void set_io_timeout(int fd, std::chrono::milliseconds timeout);
 int connect_loopback(unsigned short port, std::chrono::milliseconds timeout, std::string& error,
                      const std::string& source = {});
 
+// GET http://127.0.0.1:<port><path> over HTTP/1.1 (5 s at most): the response body, ""
+// when there is no answer.
+std::string http_get(unsigned short port, const std::string& path);
+
+// The value of one sample in a Prometheus exposition (`series`: the name with its labels,
+// as exposed); -1 when absent.
+double sample_value(const std::string& exposition, const std::string& series);
+
 // A field of /proc/<pid>/status in KiB ("VmRSS", "VmHWM"); -1 when it cannot be read.
 long proc_status_kib(int pid, std::string_view field);
 
