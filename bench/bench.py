@@ -974,7 +974,7 @@ class Bench:
             pending = os.path.join(mx.spool, "pending")
             for item in sorted(os.listdir(pending))[:3]:
                 with open(os.path.join(pending, item, "meta.json")) as f:
-                    got = json.load(f).get("auth")
+                    got = json.load(f).get("verdicts")
                 if got != want:
                     self.problem(f"{label}: meta.json auth is {got}, expected {want}")
             cpu_s = (c1 - c0) / CLK_TCK
