@@ -136,8 +136,12 @@ TEST_F(SpfTest, ARecordThatLoopsEndsInABoundedNumberOfRounds) {
 class DmarcTest : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
-        if (!std::filesystem::exists(kSuffixList)) GTEST_SKIP() << kSuffixList << " missing (Debian's publicsuffix)";
-        library = std::make_unique<DmarcLibrary>(kSuffixList);
+        if (std::filesystem::exists(kSuffixList)) library = std::make_unique<DmarcLibrary>(kSuffixList);
+    }
+    // Per test: a skip in SetUpTestSuite does not stop the suite's tests from running (the
+    // image's build stage has no public suffix list).
+    void SetUp() override {
+        if (!library) GTEST_SKIP() << kSuffixList << " missing (Debian's publicsuffix)";
     }
     static void TearDownTestSuite() { library.reset(); }
     static std::unique_ptr<DmarcLibrary> library;
