@@ -441,7 +441,7 @@ stop_webhook
 ok "test webhook stopped"
 id_s1=$(send spool1 spool1@example.com)
 id_s2=$(send spool2 spool2@example.com)
-volume=$("$docker_bin" volume ls -q --filter "label=com.docker.compose.project=$project" | head -1)
+volume=$("$docker_bin" volume ls -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.volume=spool" | head -1)
 [ -n "$volume" ] || fail "no named spool volume for project $project"
 pending_in_volume() { # lists pending/ of the spool volume from a separate container
   timeout 60 "$docker_bin" run --rm --network none -v "$volume:/spool:ro" --entrypoint /bin/ls "$MXHOOK_IMAGE" /spool/pending 2>/dev/null
