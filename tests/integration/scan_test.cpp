@@ -439,6 +439,17 @@ private:
 
 // --- the fixture -------------------------------------------------------------------------------------
 
+// The last 20,000 bytes of a log, for a failure's report. Trimmed in place: g++ 12 warns
+// falsely (-Warray-bounds) on "literal" + std::string&& once precompiled headers are used.
+std::string log_tail(std::string log) {
+    constexpr std::size_t keep = 20000;
+    if (log.size() > keep) {
+        log.erase(0, log.size() - keep);
+        log.insert(0, "[...]\n");
+    }
+    return log;
+}
+
 class ScanTest : public IntegrationTest {
 protected:
     void TearDown() override {
@@ -454,15 +465,14 @@ protected:
                 log = read_file(service->log_path());
             } catch (const std::exception&) {
             }
-            constexpr std::size_t keep = 20000;
-            if (log.size() > keep) log = "[...]\n" + log.substr(log.size() - keep);
+            log = log_tail(std::move(log));
             std::cerr << "----- " << service->name() << " output (" << service->describe_exit() << ") -----\n"
                       << log << "\n----- end -----\n";
         }
         for (const auto& path : extra_logs_) {
             try {
                 std::string log = read_file(path);
-                if (log.size() > 20000) log = "[...]\n" + log.substr(log.size() - 20000);
+                log = log_tail(std::move(log));
                 std::cerr << "----- " << path.filename().string() << " -----\n" << log << "\n----- end -----\n";
             } catch (const std::exception&) {
             }
