@@ -458,6 +458,10 @@ Config load_config(const EnvLookup& env) {
                                                        {{"auto", WebhookEncoding::auto_detect},
                                                         {"urlencoded", WebhookEncoding::urlencoded},
                                                         {"multipart", WebhookEncoding::multipart}});
+    c.webhook_format = parse_choice<WebhookFormat>(
+        reader, "WEBHOOK_FORMAT",
+        {{"mime", WebhookFormat::mime}, {"parsed", WebhookFormat::parsed}, {"json", WebhookFormat::json}});
+    c.webhook_json_raw_email = parse_flag(reader, "WEBHOOK_JSON_RAW_EMAIL", c.webhook_json_raw_email);
 
     c.webhook_role_url = parse_http_url(reader, "WEBHOOK_ROLE_URL", /*required=*/false);
     if (auto roles = reader.get("ROLE_ADDRESSES")) {
@@ -576,6 +580,10 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
         {"WEBHOOK_TIMEOUT_MS", millis_text(c.webhook_timeout)},
         {"WEBHOOK_RECIPIENT_MODE", recipient_mode},
         {"WEBHOOK_ENCODING", encoding},
+        {"WEBHOOK_FORMAT", c.webhook_format == WebhookFormat::parsed ? "parsed"
+                           : c.webhook_format == WebhookFormat::json ? "json"
+                                                                     : "mime"},
+        {"WEBHOOK_JSON_RAW_EMAIL", flag(c.webhook_json_raw_email)},
         {"WEBHOOK_ROLE_URL", masked_url(c.webhook_role_url)},
         {"ROLE_ADDRESSES", joined_list(c.role_addresses)},
         {"WEBHOOK_DECISION_URL", masked_url(c.decision_url)},

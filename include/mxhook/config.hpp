@@ -57,6 +57,11 @@ enum class RecipientMode { joined, each };
 // every field) is valid UTF-8, multipart/form-data otherwise; or always one of them.
 enum class WebhookEncoding { auto_detect, urlencoded, multipart };
 
+// What the webhook receives (WEBHOOK_FORMAT): the raw MIME in body-mime (Mailgun's MIME
+// forward), the message taken apart as multipart/form-data (Mailgun's parsed forward), or
+// one JSON object (Postmark's inbound webhook).
+enum class WebhookFormat { mime, parsed, json };
+
 // The role list used when ROLE_ADDRESSES is unset.
 std::vector<std::string> default_role_addresses();
 
@@ -104,6 +109,8 @@ struct Config {
     std::chrono::milliseconds webhook_timeout{10000};        // WEBHOOK_TIMEOUT_MS
     RecipientMode webhook_recipient_mode = RecipientMode::joined;  // WEBHOOK_RECIPIENT_MODE
     WebhookEncoding webhook_encoding = WebhookEncoding::auto_detect;  // WEBHOOK_ENCODING
+    WebhookFormat webhook_format = WebhookFormat::mime;     // WEBHOOK_FORMAT
+    bool webhook_json_raw_email = false;                    // WEBHOOK_JSON_RAW_EMAIL
 
     // Role-address routing
     std::string webhook_role_url;                           // WEBHOOK_ROLE_URL (empty: off)

@@ -187,6 +187,17 @@ std::shared_ptr<FormBodySource> FormBodySource::open_raw(const std::filesystem::
     });
 }
 
+std::shared_ptr<FormBodySource> FormBodySource::open_file(int fd, std::string content_type,
+                                                          boost::asio::thread_pool& pool,
+                                                          boost::asio::any_io_executor io) {
+    auto state = std::make_shared<State>(pool.get_executor(), std::move(io));
+    state->fd = fd;
+    return open_with(std::move(state), "the webhook body", [&content_type](State& s, bool) {
+        s.encode = false;
+        s.content_type = std::move(content_type);
+    });
+}
+
 std::shared_ptr<FormBodySource> FormBodySource::open_with(const std::filesystem::path& message,
                                                           boost::asio::thread_pool& pool,
                                                           boost::asio::any_io_executor io,
@@ -196,13 +207,18 @@ std::shared_ptr<FormBodySource> FormBodySource::open_with(const std::filesystem:
     if (state->fd < 0) {
         throw std::system_error(errno, std::generic_category(), "open " + message.string());
     }
+    return open_with(std::move(state), message.string(), frame);
+}
+
+std::shared_ptr<FormBodySource> FormBodySource::open_with(std::shared_ptr<State> state, const std::string& name,
+                                                          const std::function<void(State&, bool)>& frame) {
 
     // One pass over the file for the exact encoded size (Content-Length) and whether it is
     // UTF-8. The first chunk is kept, so the transfer starts without waiting for the pool.
     // A file smaller than a chunk (most mail) is read into a buffer of its size plus one
     // byte, which shows the end in the same read: no 64 KiB buffer to clear, no copy.
     struct stat st {};
-    if (::fstat(state->fd, &st) != 0) throw std::system_error(errno, std::generic_category(), "fstat " + message.string());
+    if (::fstat(state->fd, &st) != 0) throw std::system_error(errno, std::generic_category(), "fstat " + name);
     const std::size_t buffer = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, static_cast<std::uint64_t>(st.st_size) + 1));
     std::string raw(buffer, '\0');
     std::string first;

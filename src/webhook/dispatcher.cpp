@@ -4,6 +4,8 @@
 
 #include "mxhook/blocking.hpp"
 #include "mxhook/webhook/body_source.hpp"
+#include "mxhook/mime/message.hpp"
+#include "mxhook/webhook/parsed_payload.hpp"
 #include "mxhook/webhook/payload.hpp"
 #include "mxhook/webhook/retry_policy.hpp"
 #include "mxhook/webhook/routing.hpp"
@@ -14,6 +16,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -342,6 +346,36 @@ bool permanent(const Failure& failure) {
 
 }  // namespace
 
+namespace {
+
+// WEBHOOK_FORMAT parsed or json: the message parsed and the body written to an anonymous
+// file in the spool's tmp/ (on the spool's filesystem, gone when closed), then streamed.
+std::shared_ptr<FormBodySource> open_parsed_body(const spool::Spool& spool, const Config& config, const std::string& id,
+                                                 const spool::Meta& meta, const Fields& fields, Clock::time_point now,
+                                                 asio::thread_pool& pool, const asio::any_io_executor& executor,
+                                                 std::vector<std::string>& headers) {
+    const auto message_path = spool.processing_message(id);
+    const mime::Message message = mime::Message::open(message_path, spool.layout().tmp);
+    const int fd = mime::open_scratch_file(spool.layout().tmp);
+    BuiltBody built;
+    try {
+        if (config.webhook_format == WebhookFormat::parsed) {
+            built = write_parsed_body(message, fields, fd);
+        } else {
+            JsonOptions options{config.webhook_signing_key, now, std::nullopt};
+            if (config.webhook_json_raw_email) options.raw_email = message_path;
+            built = write_json_body(message, meta, options, fd);
+        }
+    } catch (...) {
+        ::close(fd);
+        throw;
+    }
+    headers = std::move(built.headers);
+    return FormBodySource::open_file(fd, std::move(built.content_type), pool, executor);
+}
+
+}  // namespace
+
 Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const std::string& id,
                          Clock::time_point now, asio::thread_pool& pool, const asio::any_io_executor& executor,
                          std::optional<spool::Meta> known) {
@@ -384,7 +418,11 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
         return out;
     }
     try {
-        out.body = FormBodySource::open(fields, config.webhook_encoding, spool.processing_message(id), pool, executor);
+        if (config.webhook_format == WebhookFormat::mime) {
+            out.body = FormBodySource::open(fields, config.webhook_encoding, spool.processing_message(id), pool, executor);
+        } else {
+            out.body = open_parsed_body(spool, config, id, out.meta, fields, now, pool, executor, out.headers);
+        }
         out.content_type = out.body->content_type();
         if (auto whole = out.body->take_whole()) {
             out.body_bytes = std::move(*whole);
@@ -449,6 +487,7 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
         http::Request request;
         request.url = url;
         request.headers.push_back("X-Mxhook-Id: " + id);
+        for (auto& header : prepared.headers) request.headers.push_back(std::move(header));
         request.content_type = std::move(prepared.content_type);
         request.body = std::move(prepared.body);
         request.body_bytes = std::move(prepared.body_bytes);

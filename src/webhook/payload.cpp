@@ -113,18 +113,32 @@ private:
 
 }  // namespace
 
-std::string sign(std::string_view key, std::string_view timestamp, std::string_view token) {
+Signer::Signer(std::string_view key) {
     thread_local KeyedHmac hmac;
-    EVP_MAC_CTX* ctx = hmac.start(key);
+    ctx_ = hmac.start(key);
+    if (ctx_ == nullptr) throw std::runtime_error("HMAC-SHA256 failed");
+}
+
+Signer::~Signer() { EVP_MAC_CTX_free(ctx_); }
+
+void Signer::update(std::string_view bytes) {
+    if (EVP_MAC_update(ctx_, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()) != 1) {
+        throw std::runtime_error("HMAC-SHA256 failed");
+    }
+}
+
+std::string Signer::hex() {
     unsigned char digest[EVP_MAX_MD_SIZE];
     std::size_t digest_size = 0;
-    const bool ok = ctx != nullptr &&
-                    EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(timestamp.data()), timestamp.size()) == 1 &&
-                    EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(token.data()), token.size()) == 1 &&
-                    EVP_MAC_final(ctx, digest, &digest_size, sizeof digest) == 1;
-    EVP_MAC_CTX_free(ctx);
-    if (!ok) throw std::runtime_error("HMAC-SHA256 failed");
+    if (EVP_MAC_final(ctx_, digest, &digest_size, sizeof digest) != 1) throw std::runtime_error("HMAC-SHA256 failed");
     return to_hex(digest, digest_size);
+}
+
+std::string sign(std::string_view key, std::string_view timestamp, std::string_view token) {
+    Signer signer(key);
+    signer.update(timestamp);
+    signer.update(token);
+    return signer.hex();
 }
 
 void form_encode_append(std::string& out, std::string_view bytes) {
@@ -204,28 +218,48 @@ std::string payload_prefix(const spool::Meta& meta, std::string_view signing_key
     return urlencoded_prefix(payload_fields(meta, signing_key, now));
 }
 
-namespace {
-
-void append_part_header(std::string& out, std::string_view boundary, std::string_view name, bool binary) {
+void append_part_header(std::string& out, std::string_view boundary, std::string_view name,
+                        std::string_view content_type, std::optional<std::string_view> filename) {
     out += "--";
     out += boundary;
     out += "\r\nContent-Disposition: form-data; name=\"";
     out += name;  // field names are fixed ASCII words
-    out += "\"\r\n";
-    if (binary) out += "Content-Type: text/plain; charset=binary\r\n";
+    out += '"';
+    if (filename) {
+        // As the WHATWG form-data encoder writes a file name: quote, CR and LF escaped.
+        out += "; filename=\"";
+        for (char c : *filename) {
+            if (c == '"') {
+                out += "%22";
+            } else if (c == '\r') {
+                out += "%0D";
+            } else if (c == '\n') {
+                out += "%0A";
+            } else {
+                out += c;
+            }
+        }
+        out += '"';
+    }
+    out += "\r\n";
+    if (!content_type.empty()) {
+        out += "Content-Type: ";
+        out += content_type;
+        out += "\r\n";
+    }
     out += "\r\n";
 }
 
-}  // namespace
+std::string_view binary_type(std::string_view value) { return is_valid_utf8(value) ? "" : kBinary; }
 
 std::string multipart_prefix(const Fields& fields, std::string_view boundary) {
     std::string out;
     for (const auto& [name, value] : fields) {
-        append_part_header(out, boundary, name, !is_valid_utf8(value));
+        append_part_header(out, boundary, name, binary_type(value));
         out += value;
         out += "\r\n";
     }
-    append_part_header(out, boundary, "body-mime", true);
+    append_part_header(out, boundary, "body-mime", kBinary);
     return out;
 }
 

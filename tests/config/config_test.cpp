@@ -450,6 +450,16 @@ TEST(ConfigTest, WebhookEncodingWords) {
     for (std::string bad : {"form", "json", "utf8", "1"}) expect_rejected("WEBHOOK_ENCODING", bad);
 }
 
+TEST(ConfigTest, WebhookFormatWords) {
+    EXPECT_EQ(load({}).webhook_format, WebhookFormat::mime);
+    EXPECT_EQ(load({{"WEBHOOK_FORMAT", "parsed"}}).webhook_format, WebhookFormat::parsed);
+    EXPECT_EQ(load({{"WEBHOOK_FORMAT", "JSON"}}).webhook_format, WebhookFormat::json);
+    EXPECT_FALSE(load({}).webhook_json_raw_email);
+    EXPECT_TRUE(load({{"WEBHOOK_JSON_RAW_EMAIL", "true"}}).webhook_json_raw_email);
+    for (std::string bad : {"xml", "form", "raw"}) expect_rejected("WEBHOOK_FORMAT", bad);
+    expect_rejected("WEBHOOK_JSON_RAW_EMAIL", "maybe");
+}
+
 TEST(ConfigTest, RecipientModeRejectsOtherWords) {
     for (std::string bad : {"bogus", "per-recipient", "single", "all", "1"}) expect_rejected("WEBHOOK_RECIPIENT_MODE", bad);
     auto error = error_of({{"WEBHOOK_RECIPIENT_MODE", "bogus"}});

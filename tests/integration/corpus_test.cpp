@@ -2,6 +2,7 @@
 // sent over SMTP and what reaches the webhook after the trace header must be exactly the
 // bytes sent. The corpus is $MXHOOK_TEST_CORPUS, or ../shared/corpus by default.
 
+#include "harness/corpus.hpp"
 #include "harness/fixture.hpp"
 
 #include <algorithm>
@@ -15,22 +16,6 @@ namespace itest {
 namespace {
 
 namespace fs = std::filesystem;
-
-fs::path corpus_root() {
-    const char* env = std::getenv("MXHOOK_TEST_CORPUS");
-    return env && *env ? fs::path(env) : fs::path(MXHOOK_DEFAULT_CORPUS);
-}
-
-// Bare LF line ends become CRLF; a final CRLF is added when missing.
-std::string as_crlf(const std::string& bytes) {
-    std::string out;
-    out.reserve(bytes.size() + bytes.size() / 32 + 2);
-    for (std::size_t i = 0; i < bytes.size(); ++i) {
-        if (bytes[i] == '\n' && (i == 0 || bytes[i - 1] != '\r')) out += '\r';
-        out += bytes[i];
-    }
-    return with_final_crlf(out);
-}
 
 struct CorpusFile {
     std::string name;   // relative to the corpus root
@@ -58,31 +43,15 @@ TEST_F(CorpusTest, EveryMessageRoundTripsByteForByte) {
     std::cerr << "[ corpus   ] " << files.size() << " messages from " << root << "\n";
 
     ASSERT_TRUE(start_daemon());
-    constexpr std::size_t kConnections = 4;
-    std::atomic<std::size_t> next{0};
-    std::vector<std::thread> senders;
-    const unsigned short port = daemon().smtp_port();
-    for (std::size_t c = 0; c < kConnections; ++c) {
-        senders.emplace_back([&] {
-            SmtpClient client(port);
-            const Reply greeting = client.greeting();
-            const Reply ehlo = client.ehlo();
-            for (std::size_t i = next++; i < files.size(); i = next++) {
-                if (greeting.code != 220 || ehlo.code != 250) {
-                    files[i].error = "session: " + greeting.text() + " / " + ehlo.text();
-                    continue;
-                }
-                const Reply r = client.send_message("corpus@example.org", {"user@example.com"}, files[i].bytes);
-                files[i].id = queued_id(r);
-                if (files[i].id.empty()) {
-                    files[i].error = "not queued: " + r.text();
-                    if (r.code <= 0) break;  // the connection is gone: the rest of this thread's share is lost
-                    client.cmd("RSET");
-                }
-            }
-        });
+    {
+        std::vector<std::string> messages;
+        for (const auto& f : files) messages.push_back(f.bytes);
+        const auto outcomes = send_concurrently(daemon().smtp_port(), messages, "corpus@example.org", "user@example.com");
+        for (std::size_t i = 0; i < files.size(); ++i) {
+            files[i].id = outcomes[i].id;
+            files[i].error = outcomes[i].error;
+        }
     }
-    for (auto& t : senders) t.join();
 
     std::size_t queued = 0;
     for (const auto& f : files) queued += f.id.empty() ? 0 : 1;

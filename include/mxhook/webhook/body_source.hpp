@@ -38,6 +38,10 @@ public:
     // message.eml as it is, nothing around it (a content scanner's request body).
     static std::shared_ptr<FormBodySource> open_raw(const std::filesystem::path& message, std::string content_type,
                                                     boost::asio::thread_pool& pool, boost::asio::any_io_executor io);
+    // A body already written to a file (the parsed and JSON payloads), sent as it is.
+    // Takes fd (open for reading, any offset: it is read with pread from 0).
+    static std::shared_ptr<FormBodySource> open_file(int fd, std::string content_type, boost::asio::thread_pool& pool,
+                                                     boost::asio::any_io_executor io);
     // The Content-Type header value for this body.
     const std::string& content_type() const;
     // When the message fitted in the first read (up to 64 KiB), the whole body is already
@@ -58,6 +62,8 @@ private:
     static std::shared_ptr<FormBodySource> open_with(const std::filesystem::path& message,
                                                      boost::asio::thread_pool& pool,
                                                      boost::asio::any_io_executor io,
+                                                     const std::function<void(State&, bool)>& frame);
+    static std::shared_ptr<FormBodySource> open_with(std::shared_ptr<State> state, const std::string& name,
                                                      const std::function<void(State&, bool)>& frame);
     std::shared_ptr<State> state_;
 };

@@ -56,6 +56,7 @@ struct Prepared {
     std::shared_ptr<FormBodySource> body;
     std::string body_bytes;
     std::string content_type;
+    std::vector<std::string> headers;  // extra request headers (the JSON payload's signature)
     Failure failure;
 };
 

@@ -9,10 +9,13 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+struct evp_mac_ctx_st;  // OpenSSL's EVP_MAC_CTX
 
 namespace mxhook::webhook {
 
@@ -21,6 +24,20 @@ std::string make_token();
 
 // Lowercase hex HMAC-SHA256 of timestamp + token keyed by key (OpenSSL HMAC).
 std::string sign(std::string_view key, std::string_view timestamp, std::string_view token);
+
+// The same MAC over bytes given in pieces (the JSON payload signs its whole body).
+class Signer {
+public:
+    explicit Signer(std::string_view key);
+    Signer(const Signer&) = delete;
+    Signer& operator=(const Signer&) = delete;
+    ~Signer();
+    void update(std::string_view bytes);
+    std::string hex();  // once, after the last update
+
+private:
+    ::evp_mac_ctx_st* ctx_ = nullptr;
+};
 
 // application/x-www-form-urlencoded serialisation of arbitrary bytes, as the WHATWG URL
 // standard (and so URLSearchParams) does: [A-Za-z0-9*-._] unchanged, space -> '+',
@@ -51,6 +68,14 @@ std::string payload_prefix(const spool::Meta& meta, std::string_view signing_key
 // The prefix ends with body-mime's part header; the caller appends the raw message bytes,
 // then multipart_suffix.
 std::string multipart_prefix(const Fields& fields, std::string_view boundary);
+// The Content-Type of a part whose bytes are not text in UTF-8, and the one a field's
+// part gets (kBinary when the value is not valid UTF-8, empty otherwise).
+inline constexpr std::string_view kBinary = "text/plain; charset=binary";
+std::string_view binary_type(std::string_view value);
+// One part's header (from its boundary line to the empty line): Content-Type only when
+// content_type is not empty, a filename parameter when filename is given.
+void append_part_header(std::string& out, std::string_view boundary, std::string_view name,
+                        std::string_view content_type, std::optional<std::string_view> filename = std::nullopt);
 std::string multipart_suffix(std::string_view boundary);
 std::string multipart_content_type(std::string_view boundary);
 // A boundary that cannot occur by chance: "mxhook-" + 50 random hex characters.

@@ -28,6 +28,8 @@ std::string mxhook_binary();
 
 // Lowercase hex HMAC-SHA256(key, data), computed with OpenSSL.
 std::string hmac_sha256_hex(std::string_view key, std::string_view data);
+// Lowercase hex SHA-256 of bytes.
+std::string sha256_hex(std::string_view bytes);
 
 // A small well-formed message with CRLF line ends.
 std::string simple_message(std::string_view subject = "Hello", std::string_view body = "Hello there.\r\n");

@@ -56,11 +56,59 @@ FormFields parse_form(std::string_view body) {
     return fields;
 }
 
-FormFields parse_multipart(std::string_view body, std::string_view boundary, std::vector<std::string>* part_headers) {
+namespace {
+
+bool iequal_prefix(std::string_view text, std::string_view prefix) {
+    if (text.size() < prefix.size()) return false;
+    for (std::size_t i = 0; i < prefix.size(); ++i) {
+        char a = text[i], b = prefix[i];
+        if (a >= 'A' && a <= 'Z') a = static_cast<char>(a - 'A' + 'a');
+        if (b >= 'A' && b <= 'Z') b = static_cast<char>(b - 'A' + 'a');
+        if (a != b) return false;
+    }
+    return true;
+}
+
+// The quoted value of `; filename="..."` in a part's header block.
+std::optional<std::string> quoted_filename(std::string_view headers) {
+    const std::size_t at = headers.find("; filename=\"");
+    if (at == std::string_view::npos) return std::nullopt;
+    std::string out;
+    for (std::size_t i = at + 12; i < headers.size(); ++i) {
+        if (headers[i] == '\\' && i + 1 < headers.size()) {
+            out += headers[++i];
+        } else if (headers[i] == '"') {
+            return out;
+        } else {
+            out += headers[i];
+        }
+    }
+    return std::nullopt;  // unterminated: no filename (parse_multipart never refused such a part)
+}
+
+std::string header_line_value(std::string_view headers, std::string_view name) {
+    std::size_t pos = 0;
+    while (pos <= headers.size()) {
+        std::size_t end = headers.find("\r\n", pos);
+        if (end == std::string_view::npos) end = headers.size();
+        const std::string_view line = headers.substr(pos, end - pos);
+        if (iequal_prefix(line, name) && line.size() > name.size() && line[name.size()] == ':') {
+            std::string_view value = line.substr(name.size() + 1);
+            while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+            return std::string(value);
+        }
+        pos = end + 2;
+    }
+    return {};
+}
+
+}  // namespace
+
+std::vector<FormPart> parse_multipart_parts(std::string_view body, std::string_view boundary) {
     const std::string first = "--" + std::string(boundary) + "\r\n";
     const std::string delimiter = "\r\n--" + std::string(boundary);
     if (body.substr(0, first.size()) != first) throw std::invalid_argument("multipart body does not start with its boundary");
-    FormFields fields;
+    std::vector<FormPart> parts;
     std::size_t pos = first.size();
     for (;;) {
         const std::size_t headers_end = body.find("\r\n\r\n", pos);
@@ -74,14 +122,34 @@ FormFields parse_multipart(std::string_view body, std::string_view boundary, std
         const std::size_t value_start = headers_end + 4;
         const std::size_t value_end = body.find(delimiter, value_start);
         if (value_end == std::string_view::npos) throw std::invalid_argument("part without a closing boundary");
-        fields.emplace_back(std::string(headers.substr(name_start, name_end - name_start)),
-                            std::string(body.substr(value_start, value_end - value_start)));
-        if (part_headers) part_headers->emplace_back(headers);
+        FormPart part;
+        part.name = std::string(headers.substr(name_start, name_end - name_start));
+        part.filename = quoted_filename(headers);
+        part.content_type = header_line_value(headers, "Content-Type");
+        part.headers = std::string(headers);
+        part.value = std::string(body.substr(value_start, value_end - value_start));
+        parts.push_back(std::move(part));
         pos = value_end + delimiter.size();
-        if (body.substr(pos, 4) == "--\r\n" && pos + 4 == body.size()) return fields;
+        if (body.substr(pos, 4) == "--\r\n" && pos + 4 == body.size()) return parts;
         if (body.substr(pos, 2) != "\r\n") throw std::invalid_argument("garbage after a boundary");
         pos += 2;
     }
+}
+
+FormFields parse_multipart(std::string_view body, std::string_view boundary, std::vector<std::string>* part_headers) {
+    FormFields fields;
+    for (auto& part : parse_multipart_parts(body, boundary)) {
+        if (part_headers) part_headers->push_back(std::move(part.headers));
+        fields.emplace_back(std::move(part.name), std::move(part.value));
+    }
+    return fields;
+}
+
+const FormPart* find_part(const std::vector<FormPart>& parts, std::string_view name) {
+    for (const auto& part : parts) {
+        if (part.name == name) return &part;
+    }
+    return nullptr;
 }
 
 std::optional<std::string> multipart_boundary(std::string_view content_type) {
