@@ -308,23 +308,7 @@ std::string parse_http_url(const Reader& reader, std::string_view name, bool req
         if (required) fail(name, "is required");
         return {};
     }
-    std::unique_ptr<CURLU, CurlUrlDeleter> url(curl_url());
-    if (!url) fail(name, "could not be checked (out of memory)");
-    if (auto rc = curl_url_set(url.get(), CURLUPART_URL, text->c_str(), CURLU_NON_SUPPORT_SCHEME); rc != CURLUE_OK)
-        fail(name, std::string("is not a valid absolute URL: ") + curl_url_strerror(rc));
-
-    char* raw = nullptr;
-    if (curl_url_get(url.get(), CURLUPART_SCHEME, &raw, 0) != CURLUE_OK)
-        fail(name, "must start with http:// or https://");
-    CurlString scheme(raw);
-    auto scheme_text = lower(scheme.get());
-    if (scheme_text != "http" && scheme_text != "https")
-        fail(name, "must start with http:// or https:// (got scheme " + quote_value(scheme_text) + ")");
-
-    raw = nullptr;
-    auto rc = curl_url_get(url.get(), CURLUPART_HOST, &raw, 0);
-    CurlString host(raw);
-    if (rc != CURLUE_OK || !host || host.get()[0] == '\0') fail(name, "must name a host");
+    if (auto problem = http_url_problem(*text)) fail(name, *problem);
     return *text;
 }
 
@@ -464,6 +448,7 @@ Config load_config(const EnvLookup& env) {
     c.webhook_json_raw_email = parse_flag(reader, "WEBHOOK_JSON_RAW_EMAIL", c.webhook_json_raw_email);
 
     c.webhook_role_url = parse_http_url(reader, "WEBHOOK_ROLE_URL", /*required=*/false);
+    c.webhook_routes = reader.get("WEBHOOK_ROUTES").value_or("");
     if (auto roles = reader.get("ROLE_ADDRESSES")) {
         // Replaces the default list rather than extending it, as haraka-webhook does.
         c.role_addresses.clear();
@@ -563,6 +548,24 @@ std::string cidrs_text(const std::vector<Cidr>& blocks) {
 
 }  // namespace
 
+std::optional<std::string> http_url_problem(const std::string& text) {
+    std::unique_ptr<CURLU, CurlUrlDeleter> url(curl_url());
+    if (!url) return "could not be checked (out of memory)";
+    if (auto rc = curl_url_set(url.get(), CURLUPART_URL, text.c_str(), CURLU_NON_SUPPORT_SCHEME); rc != CURLUE_OK)
+        return std::string("is not a valid absolute URL: ") + curl_url_strerror(rc);
+    char* raw = nullptr;
+    if (curl_url_get(url.get(), CURLUPART_SCHEME, &raw, 0) != CURLUE_OK) return "must start with http:// or https://";
+    CurlString scheme(raw);
+    auto scheme_text = lower(scheme.get());
+    if (scheme_text != "http" && scheme_text != "https")
+        return "must start with http:// or https:// (got scheme " + quote_value(scheme_text) + ")";
+    raw = nullptr;
+    auto rc = curl_url_get(url.get(), CURLUPART_HOST, &raw, 0);
+    CurlString host(raw);
+    if (rc != CURLUE_OK || !host || host.get()[0] == '\0') return "must name a host";
+    return std::nullopt;
+}
+
 std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
     const auto flag = [](bool b) { return std::string(b ? "true" : "false"); };
     const auto secret = [](const std::string& v) { return v.empty() ? std::string() : std::string(kMasked); };
@@ -585,6 +588,7 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
                                                                      : "mime"},
         {"WEBHOOK_JSON_RAW_EMAIL", flag(c.webhook_json_raw_email)},
         {"WEBHOOK_ROLE_URL", masked_url(c.webhook_role_url)},
+        {"WEBHOOK_ROUTES", c.webhook_routes.string()},
         {"ROLE_ADDRESSES", joined_list(c.role_addresses)},
         {"WEBHOOK_DECISION_URL", masked_url(c.decision_url)},
         {"WEBHOOK_DECISION_TOKEN", secret(c.decision_token)},

@@ -14,8 +14,10 @@
 #include "mxhook/spool/spool.hpp"
 #include "mxhook/tool/spool_command.hpp"
 #include "mxhook/webhook/dispatcher.hpp"
+#include "mxhook/webhook/routes.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -139,10 +141,23 @@ int run(const Config& config) {
                       recovered.poisoned, config.max_interrupted_attempts);
     }
 
+    // Routes (WEBHOOK_ROUTES): a file that does not load stops the start. Replaced as a
+    // whole on SIGHUP, on the io thread, which alone reads it.
+    std::shared_ptr<const webhook::Routes> routes;
+    if (!config.webhook_routes.empty()) {
+        try {
+            routes = std::make_shared<const webhook::Routes>(webhook::Routes::load(config.webhook_routes));
+        } catch (const webhook::RoutesError& e) {
+            throw ConfigError("WEBHOOK_ROUTES: " + config.webhook_routes.string() + ": " + e.what());
+        }
+        spdlog::info("routes: {} route(s) from {}", routes->routes().size(), config.webhook_routes.string());
+    }
+
     boost::asio::thread_pool pool(config.spool_worker_threads);
     http::Client client(io);
     webhook::Dispatcher dispatcher(io, pool, spool, client, config);
     dispatcher.isolate(recovered.suspects);
+    dispatcher.use_routes(&routes);
     decision::Client decision(client, config);
 
     smtp::ProtocolSettings protocol;
@@ -157,6 +172,16 @@ int run(const Config& config) {
     protocol.max_header_bytes = config.smtp_max_header_bytes;
     protocol.max_header_lines = config.smtp_max_header_lines;
     protocol.tls_available = tls != nullptr;
+    // A recipient whose route is reject, when its recipient and sender alone decide it.
+    protocol.refuse_recipient = [&routes](std::string_view recipient, std::string_view sender) {
+        if (!routes) return false;
+        const auto early = routes->at_rcpt(recipient, sender);
+        if (!early.decided || early.route == nullptr || early.route->action != webhook::Route::Action::reject) {
+            return false;
+        }
+        spdlog::info("route recipient=<{}> sender=<{}> action=reject line={}", recipient, sender, early.route->line);
+        return true;
+    };
     // Client names (PTR) for the trace header and remote.host, and the records sender
     // authentication reads, asked on the io thread.
     dns::Resolver resolver(io, {kReverseDnsMaxInFlight, config.dns_servers});
@@ -191,7 +216,7 @@ int run(const Config& config) {
                                  [&dispatcher](const std::string& id, std::optional<spool::Meta> meta) {
                                      dispatcher.notify(id, std::move(meta));
                                  }, &decision,
-                                 tls.get(), &resolver, &disk_guard, checker.get(), rspamd.get(), clamd.get()};
+                                 tls.get(), &resolver, &disk_guard, checker.get(), rspamd.get(), clamd.get(), &routes};
     smtp::Server server(io, context);
     server.listen(config.smtp_listen);
     std::unique_ptr<metrics::Server> metrics_server;
@@ -219,13 +244,36 @@ int run(const Config& config) {
     auto part_done = [&] {
         if (--pending_parts == 0) io.stop();
     };
-    // SIGHUP: load the certificate files again (renewals are also noticed on their own).
+    // SIGHUP: load the certificate files again (renewals are also noticed on their own),
+    // and the routes file: read on the pool, swapped in on the io thread; a file that does
+    // not load leaves the routes in force.
     boost::asio::signal_set hangup(io, SIGHUP);
     std::function<void()> wait_hangup = [&] {
         hangup.async_wait([&](const boost::system::error_code& ec, int) {
             if (ec) return;
             if (tls) tls->reload();
             else spdlog::info("received SIGHUP: no TLS certificate configured, nothing to reload");
+            if (!config.webhook_routes.empty()) {
+                boost::asio::post(pool, [&] {
+                    std::shared_ptr<const webhook::Routes> loaded;
+                    std::string problem;
+                    try {
+                        loaded = std::make_shared<const webhook::Routes>(webhook::Routes::load(config.webhook_routes));
+                    } catch (const std::exception& e) {
+                        problem = e.what();
+                    }
+                    boost::asio::post(io, [&routes, &config, loaded = std::move(loaded), problem = std::move(problem)] {
+                        if (!loaded) {
+                            spdlog::error("routes: reload of {} failed, keeping the {} route(s) in force: {}",
+                                          config.webhook_routes.string(), routes ? routes->routes().size() : 0, problem);
+                            return;
+                        }
+                        routes = loaded;
+                        spdlog::info("routes: reloaded {} route(s) from {}", routes->routes().size(),
+                                     config.webhook_routes.string());
+                    });
+                });
+            }
             wait_hangup();
         });
     };

@@ -114,6 +114,7 @@ struct Config {
 
     // Role-address routing
     std::string webhook_role_url;                           // WEBHOOK_ROLE_URL (empty: off)
+    std::filesystem::path webhook_routes;                   // WEBHOOK_ROUTES: the routes file (empty: off)
     std::vector<std::string> role_addresses = default_role_addresses();  // ROLE_ADDRESSES, lower-cased
 
     // Decision API
@@ -167,6 +168,10 @@ EnvLookup process_env();
 std::vector<std::pair<std::string, std::string>> describe(const Config& config);
 // A URL as it may be shown (logs, `mxhook config`): its password, if any, as "********".
 std::string masked_url(const std::string& url);
+
+// Why `url` is not an absolute http:// or https:// URL with a host (curl's URL parser);
+// nullopt when it is. The URL itself is not repeated (it may carry a password).
+std::optional<std::string> http_url_problem(const std::string& url);
 
 // Where the spool is (SPOOL_DIR and the four state directories), without the rest of the
 // configuration: what `mxhook spool` needs, which must work without WEBHOOK_URL.

@@ -301,6 +301,9 @@ Step Protocol::on_rcpt(std::string_view arg) {
     if (!postmaster && !domain_accepted(path.address)) {
         return error(line("550 5.7.1 Recipient address rejected: relay access denied"));
     }
+    if (settings_.refuse_recipient && settings_.refuse_recipient(path.address, envelope_.sender)) {
+        return error(line("550 5.7.1 Recipient address rejected"));
+    }
     auto& recipients = envelope_.recipients;
     const bool duplicate = std::any_of(recipients.begin(), recipients.end(),
                                        [&](const std::string& r) { return iequals(r, path.address); });

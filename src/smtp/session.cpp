@@ -1,5 +1,7 @@
 #include "mxhook/smtp/session.hpp"
 
+#include "mxhook/webhook/routes.hpp"
+
 #include "mxhook/blocking.hpp"
 #include "mxhook/mail/headers.hpp"
 #include "mxhook/mail/received.hpp"
@@ -502,24 +504,53 @@ awaitable<std::optional<MessageFacts>> Session::pump(Draft& draft, Incoming& in)
 
 namespace {
 
-// Blocking, on the pool. One spool item, or one per recipient in "each" mode: the first
-// keeps the message's id, the others get new ones. Their meta.json files are made one at
-// a time from one working copy, so memory does not grow with recipients x header size.
-std::vector<std::string> commit_item(spool::Spool& spool, spool::TmpItem& item, const spool::Meta& meta,
-                                     RecipientMode mode) {
-    std::vector<std::string> ids{meta.id};
-    if (mode != RecipientMode::each || meta.recipients.size() <= 1) {
-        spool.commit(item, meta);
-        return ids;
+// Blocking, on the pool. One spool item; or, with routes, one per route the recipients
+// take (those dropped or refused by a route get none); and in "each" mode one per
+// recipient. The first keeps the message's id, the others get new ones. Their meta.json
+// files are made one at a time from one working copy, so memory does not grow with
+// recipients x header size.
+Committed commit_item(spool::Spool& spool, spool::TmpItem& item, const spool::Meta& meta,
+                               RecipientMode mode, const webhook::Routes* routes) {
+    Committed out;
+    std::vector<std::vector<std::string>> groups;
+    if (routes != nullptr) {
+        std::vector<std::pair<std::string, const webhook::Route*>> dropped;
+        for (auto& group : webhook::group_recipients(*routes, meta.recipients, meta.sender, meta.headers, &dropped)) {
+            groups.push_back(std::move(group.recipients));
+        }
+        for (const auto& [recipient, route] : dropped) {
+            spdlog::info("route id={} recipient=<{}> action={} line={}", meta.id, recipient,
+                         route->action == webhook::Route::Action::drop ? "drop" : "reject", route->line);
+        }
+        if (groups.empty()) {
+            out.all_dropped = true;
+            return out;
+        }
+    } else {
+        groups.push_back(meta.recipients);
     }
-    for (std::size_t i = 1; i < meta.recipients.size(); ++i) ids.push_back(spool::new_id());
+    if (mode == RecipientMode::each) {
+        std::vector<std::vector<std::string>> one_each;
+        for (const auto& group : groups) {
+            for (const auto& recipient : group) one_each.push_back({recipient});
+        }
+        groups = std::move(one_each);
+    }
+    if (groups.size() == 1 && groups.front() == meta.recipients) {
+        spool.commit(item, meta);
+        out.ids = {meta.id};
+        return out;
+    }
+    out.meta_is_item = false;
+    out.ids = {meta.id};
+    for (std::size_t i = 1; i < groups.size(); ++i) out.ids.push_back(spool::new_id());
     spool::Meta one = meta;
-    spool.commit(item, ids.size(), [&one, &meta, &ids](std::size_t i) -> const spool::Meta& {
-        one.id = ids[i];
-        one.recipients = {meta.recipients[i]};
+    spool.commit(item, groups.size(), [&one, &groups, &out](std::size_t i) -> const spool::Meta& {
+        one.id = out.ids[i];
+        one.recipients = groups[i];
         return one;
     });
-    return ids;
+    return out;
 }
 
 }  // namespace
@@ -599,8 +630,9 @@ awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incom
     const bool in_memory = !draft.item;
     // With sender checks such a message stays in memory until its verdicts are known.
     const bool keep = checking && in_memory;
+    const std::shared_ptr<const webhook::Routes> routes = current_routes();
     auto written = co_await try_blocking(context_.pool, [&spool, &draft, &meta, &authserv_id, &owned, limit, trace_bytes,
-                                                         mode, commit_now, checking, keep, in_memory, dkim] {
+                                                         mode, commit_now, checking, keep, in_memory, dkim, &routes] {
         if (!keep) {
             if (!draft.item) draft.item = spool.create(draft.id);
             if (!draft.held.empty()) spool.append(*draft.item, draft.held);
@@ -623,7 +655,7 @@ awaitable<Result<Session::Written>> Session::write_out(Draft& draft, const Incom
             for (const auto& [first, second] : auth::forged_results(section, authserv_id, owned))
                 out.forged.emplace_back(first, second);
         }
-        if (commit_now) out.ids = commit_item(spool, *draft.item, out.meta, mode);
+        if (commit_now) out.committed = commit_item(spool, *draft.item, out.meta, mode, routes.get());
         return out;
     });
     if (!keep) {
@@ -733,12 +765,17 @@ std::vector<std::string> Session::owned_fields() const {
 }
 
 awaitable<Step> Session::answer_commit(Draft& draft, const Incoming& in, Result<Written>& written) {
+    if (written && written->committed.all_dropped) {
+        // Every recipient's route is drop: taken (250) and not kept.
+        co_await discard(draft);
+        co_return finish(in, DataOutcome::discarded, "route=drop");
+    }
     // An empty list: the commit failed (logged) and nothing was acknowledged.
     std::vector<std::string> ids;
-    if (written) ids = std::move(written->ids);
+    if (written) ids = std::move(written->committed.ids);
     if (ids.empty()) co_await discard(draft);
     if (context_.on_queued) {
-        if (ids.size() == 1) {
+        if (ids.size() == 1 && written->committed.meta_is_item) {
             context_.on_queued(ids.front(), std::move(written->meta));
         } else {
             for (const auto& queued : ids) context_.on_queued(queued, std::nullopt);
@@ -816,12 +853,13 @@ awaitable<std::optional<Session::Refusal>> Session::ask_decision(const Draft& dr
 awaitable<Result<Session::Written>> Session::commit(Draft& draft, const spool::Meta& meta) {
     auto& spool = context_.spool;
     const RecipientMode mode = context_.config.webhook_recipient_mode;
-    auto committed = co_await try_blocking(context_.pool, [&spool, &draft, &meta, mode] {
+    const std::shared_ptr<const webhook::Routes> routes = current_routes();
+    auto committed = co_await try_blocking(context_.pool, [&spool, &draft, &meta, mode, &routes] {
         if (!draft.item) {  // kept in memory for the sender checks
             draft.item = spool.create(draft.id);
             spool.append(*draft.item, draft.held);
         }
-        return Written{spool::Meta(), commit_item(spool, *draft.item, meta, mode), {}};
+        return Written{spool::Meta(), commit_item(spool, *draft.item, meta, mode, routes.get()), {}};
     });
     draft.held.clear();
     draft.held.shrink_to_fit();

@@ -350,7 +350,8 @@ namespace {
 
 // WEBHOOK_FORMAT parsed or json: the message parsed and the body written to an anonymous
 // file in the spool's tmp/ (on the spool's filesystem, gone when closed), then streamed.
-std::shared_ptr<FormBodySource> open_parsed_body(const spool::Spool& spool, const Config& config, const std::string& id,
+std::shared_ptr<FormBodySource> open_parsed_body(const spool::Spool& spool, const Config& config, WebhookFormat format,
+                                                 const std::string& id,
                                                  const spool::Meta& meta, const Fields& fields, Clock::time_point now,
                                                  asio::thread_pool& pool, const asio::any_io_executor& executor,
                                                  std::vector<std::string>& headers) {
@@ -359,7 +360,7 @@ std::shared_ptr<FormBodySource> open_parsed_body(const spool::Spool& spool, cons
     const int fd = mime::open_scratch_file(spool.layout().tmp);
     BuiltBody built;
     try {
-        if (config.webhook_format == WebhookFormat::parsed) {
+        if (format == WebhookFormat::parsed) {
             built = write_parsed_body(message, fields, fd);
         } else {
             JsonOptions options{config.webhook_signing_key, now, std::nullopt};
@@ -378,7 +379,7 @@ std::shared_ptr<FormBodySource> open_parsed_body(const spool::Spool& spool, cons
 
 Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const std::string& id,
                          Clock::time_point now, asio::thread_pool& pool, const asio::any_io_executor& executor,
-                         std::optional<spool::Meta> known) {
+                         std::optional<spool::Meta> known, const Routes* routes) {
     Prepared out;
     const auto claim = [&] {
         try {
@@ -408,6 +409,21 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
         out.step = Prepared::too_old;
         return out;
     }
+    // The routes in force decide (the item's first recipient: a message split by route
+    // holds one route's recipients); none, or no match: the default URL.
+    WebhookFormat format = config.webhook_format;
+    out.url = route(config, out.meta.recipients);
+    if (routes != nullptr && !out.meta.recipients.empty()) {
+        if (const Route* chosen = routes->match(out.meta.recipients.front(), out.meta.sender, out.meta.headers)) {
+            out.route_line = chosen->line;
+            if (chosen->action != Route::Action::post) {
+                out.step = Prepared::dropped;
+                return out;
+            }
+            out.url = chosen->url;
+            if (chosen->format) format = *chosen->format;
+        }
+    }
     Fields fields;
     try {
         fields = payload_fields(out.meta, config.webhook_signing_key, now);
@@ -418,10 +434,10 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
         return out;
     }
     try {
-        if (config.webhook_format == WebhookFormat::mime) {
+        if (format == WebhookFormat::mime) {
             out.body = FormBodySource::open(fields, config.webhook_encoding, spool.processing_message(id), pool, executor);
         } else {
-            out.body = open_parsed_body(spool, config, id, out.meta, fields, now, pool, executor, out.headers);
+            out.body = open_parsed_body(spool, config, format, id, out.meta, fields, now, pool, executor, out.headers);
         }
         out.content_type = out.body->content_type();
         if (auto whole = out.body->take_whole()) {
@@ -441,8 +457,9 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
     const asio::any_io_executor executor = io_.get_executor();
     // Captures are references only: g++ 12 mishandles non-trivial temporaries that
     // live across a co_await (it destroys them twice).
-    auto prepared = co_await run_blocking(pool_, [this, &id, now, &executor, &known] {
-        return prepare_attempt(spool_, config_, id, now, pool_, executor, std::move(known));
+    const std::shared_ptr<const Routes> routes = routes_ != nullptr ? *routes_ : nullptr;
+    auto prepared = co_await run_blocking(pool_, [this, &id, now, &executor, &known, &routes] {
+        return prepare_attempt(spool_, config_, id, now, pool_, executor, std::move(known), routes.get());
     });
     spool::Meta& meta = prepared.meta;
     http::Response response;
@@ -480,9 +497,21 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
             // A passing failure (I/O, memory, randomness): counts as a failed attempt.
             response.error = "cannot make the request body: " + prepared.failure.message;
             break;
+        case Prepared::dropped: {
+            const auto removed = co_await try_blocking(pool_, [this, &id] { spool_.remove(id); });
+            if (!removed) {
+                co_await give_back(id, removed.failure());
+                co_return;
+            }
+            not_before_.erase(id);
+            spdlog::info("delivery id={} outcome=dropped route={} (the routes in force drop it)", id,
+                         prepared.route_line);
+            co_return;
+        }
         case Prepared::ready: break;
     }
-    const std::string& url = route(config_, meta.recipients);
+    const std::string& url = prepared.url;
+    const std::string shown_url = prepared.route_line != 0 ? masked_url(url) : shown(url);
     if (prepared.step == Prepared::ready) {
         http::Request request;
         request.url = url;
@@ -513,14 +542,14 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
             }
             not_before_.erase(id);
             count_delivered(settled.meta);
-            spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, shown(url), status,
+            spdlog::info("delivery id={} url={} status={} ms={} outcome=delivered", id, shown_url, status,
                          response.duration.count());
             break;
         }
         case Settle::dead_letter:
             if (co_await dead_letter(id, &settled.meta, "")) {
                 metrics::global().deliveries[static_cast<std::size_t>(metrics::DeliveryOutcome::dead_lettered)].add();
-                spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, shown(url), status,
+                spdlog::warn("delivery id={} url={} status={} ms={} outcome=dead", id, shown_url, status,
                              response.duration.count());
             }
             break;
@@ -533,7 +562,7 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
             not_before_[id] = *settled.meta.next_attempt_at;
             metrics::global().deliveries[static_cast<std::size_t>(metrics::DeliveryOutcome::retried)].add();
             spdlog::warn("delivery id={} url={} status={} ms={} outcome=retry attempts={} error=\"{}\" next={}", id,
-                         shown(url), status, response.duration.count(), settled.meta.attempts, *settled.meta.last_error,
+                         shown_url, status, response.duration.count(), settled.meta.attempts, *settled.meta.last_error,
                          spool::iso8601(*settled.meta.next_attempt_at));
             break;
         }

@@ -150,6 +150,23 @@ TEST(Protocol, AcceptedDomainsAreCaseInsensitive) {
     EXPECT_EQ(code(p.on_line("RCPT TO:<a@sub.example.com>")), "550");
 }
 
+TEST(Protocol, RefusedRecipientIs550AndTheOthersGoOn) {
+    ProtocolSettings s = settings();
+    std::string asked_sender;
+    s.refuse_recipient = [&asked_sender](std::string_view recipient, std::string_view sender) {
+        asked_sender = std::string(sender);
+        return recipient == "noreply@example.com";
+    };
+    Protocol p(s);
+    p.on_line("EHLO client");
+    p.on_line("MAIL FROM:<a@example.org>");
+    EXPECT_EQ(p.on_line("RCPT TO:<noreply@example.com>").reply, "550 5.7.1 Recipient address rejected\r\n");
+    EXPECT_EQ(asked_sender, "a@example.org");
+    EXPECT_EQ(code(p.on_line("RCPT TO:<bob@example.com>")), "250");
+    EXPECT_EQ(p.envelope().recipients, std::vector<std::string>{"bob@example.com"});
+    EXPECT_EQ(code(p.on_line("DATA")), "354");
+}
+
 TEST_F(ProtocolTest, RsetClearsTransaction) {
     say("EHLO x");
     say("MAIL FROM:<a@b.c>");

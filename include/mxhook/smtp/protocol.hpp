@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +26,8 @@ struct ProtocolSettings {
     std::size_t max_header_bytes = 1048576;     // header section bounds: 552 5.3.4
     std::size_t max_header_lines = 10000;
     bool tls_available = false;                 // STARTTLS offered (certificate configured)
+    // When set and true for (recipient, sender): RCPT gets 550 5.7.1 (a reject route).
+    std::function<bool(std::string_view recipient, std::string_view sender)> refuse_recipient;
 };
 
 // What the client has told us about the message being sent.

@@ -38,6 +38,10 @@
 #include <utility>
 #include <vector>
 
+namespace mxhook::webhook {
+class Routes;
+}
+
 namespace mxhook::smtp {
 
 // What every session shares; lives as long as the server.
@@ -56,6 +60,17 @@ struct SessionContext {
     auth::Checker* auth = nullptr;                         // sender checks after DATA when set
     scan::Rspamd* rspamd = nullptr;                        // spam verdict after DATA when set
     scan::Clamd* clamd = nullptr;                          // virus scan after DATA when set
+    // The routes in force (WEBHOOK_ROUTES), read and replaced on the io thread only; null
+    // pointer or null routes: no routes.
+    const std::shared_ptr<const webhook::Routes>* routes = nullptr;
+};
+
+// What a commit made: the ids of the items (empty: it failed, or every recipient was
+// dropped by a route).
+struct Committed {
+    std::vector<std::string> ids;
+    bool all_dropped = false;
+    bool meta_is_item = true;  // one item whose meta is the message's (recipients untouched)
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -93,9 +108,12 @@ private:
     };
     // What write_out and commit hand back: meta.json's content and the committed ids
     // (empty when not committed yet).
+    std::shared_ptr<const webhook::Routes> current_routes() const {
+        return context_.routes != nullptr ? *context_.routes : nullptr;
+    }
     struct Written {
         spool::Meta meta;
-        std::vector<std::string> ids;
+        Committed committed;
         // Authentication-Results fields the client sent that claim our authserv-id: byte
         // ranges of the message, removed before ours is added (only with sender checks).
         std::vector<std::pair<std::uint64_t, std::uint64_t>> forged;

@@ -14,6 +14,7 @@
 #include "mxhook/http/client.hpp"
 #include "mxhook/spool/spool.hpp"
 #include "mxhook/webhook/body_source.hpp"
+#include "mxhook/webhook/routes.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -48,6 +49,7 @@ struct Prepared {
         too_old,         // claimed, past MAX_RETRY_AGE_MS
         message_later,   // claimed, the body cannot be made now (I/O, memory, randomness): a failed attempt
         message_broken,  // claimed, message.eml missing: to dead-letter
+        dropped,         // claimed, its route is drop (or reject): to remove
     };
     Step step = gone;
     spool::Meta meta;
@@ -57,6 +59,8 @@ struct Prepared {
     std::string body_bytes;
     std::string content_type;
     std::vector<std::string> headers;  // extra request headers (the JSON payload's signature)
+    std::string url;                   // where the POST goes (the route's, or the default)
+    std::size_t route_line = 0;        // the routes file's line that decided, 0 for none
     Failure failure;
 };
 
@@ -67,7 +71,7 @@ struct Prepared {
 Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const std::string& id,
                          std::chrono::system_clock::time_point now, boost::asio::thread_pool& pool,
                          const boost::asio::any_io_executor& executor,
-                         std::optional<spool::Meta> known = std::nullopt);
+                         std::optional<spool::Meta> known = std::nullopt, const Routes* routes = nullptr);
 
 class Dispatcher {
 public:
@@ -78,6 +82,9 @@ public:
     // delivered one at a time, before anything else is claimed, so that a crash during
     // one of them is that item's alone. Call before start().
     void isolate(std::vector<std::string> suspects);
+    // The routes in force (WEBHOOK_ROUTES), read at each attempt on the io thread; the
+    // pointer must outlive the dispatcher. Not called, or null routes: no routes.
+    void use_routes(const std::shared_ptr<const Routes>* routes) { routes_ = routes; }
     void start();
     // A message was just committed to pending/: deliver it now. `meta`, when given, is
     // what was committed as its meta.json: its first attempt then skips reading and
@@ -115,6 +122,7 @@ private:
     const spool::Spool& spool_;
     http::Client& client_;
     const Config& config_;
+    const std::shared_ptr<const Routes>* routes_ = nullptr;
     boost::asio::steady_timer scan_timer_;
     std::string shown_webhook_url_;
     std::string shown_role_url_;
