@@ -1,24 +1,32 @@
 #!/usr/bin/env python3
 """End-to-end test against a real Rails: mxhook delivers the shared mail corpus to Rails
-Action Mailbox's Mailgun ingress (tests/rails/app/app.rb, Rails 6.1 from Debian's
-packages) and every message must be stored by Rails byte for byte.
+Action Mailbox's Mailgun and Postmark ingresses (tests/rails/app/app.rb, Rails 6.1 from
+Debian's packages) and every message must be stored by Rails byte for byte.
 
-It runs the corpus twice, each time with a fresh mxhook and spool, against one Rails app:
+It runs the corpus three times, each time with a fresh mxhook and spool, against one Rails
+app (modes, in order):
 
-  WEBHOOK_ENCODING=urlencoded  shows which messages Rails refuses when every body is
-                               urlencoded (Rack/ActionDispatch answer 400 "Invalid
-                               encoding for parameter" to a field that is not UTF-8).
-                               Reported, never a failure.
-  WEBHOOK_ENCODING=auto        (the default) every message must be accepted (an
-                               InboundEmail exists for its spool id), nothing may be left
-                               in mxhook's spool or dead/, and the raw email Rails stored
-                               must be "X-Original-To: <recipient>\\n" (the ingress adds
-                               it) + mxhook's Received: header + exactly the bytes sent.
+  urlencoded  WEBHOOK_ENCODING=urlencoded to the Mailgun ingress: shows which messages
+              Rails refuses when every body is urlencoded (Rack/ActionDispatch answer 400
+              "Invalid encoding for parameter" to a field that is not UTF-8). Reported,
+              never a failure.
+  auto        WEBHOOK_ENCODING=auto (the default) to the Mailgun ingress: every message
+              must be accepted (an InboundEmail exists for its spool id), nothing may be
+              left in mxhook's spool or dead/, and the raw email Rails stored must be
+              "X-Original-To: <recipient>\\n" (the ingress adds it) + mxhook's Received:
+              header + exactly the bytes sent.
+  postmark    WEBHOOK_FORMAT=json WEBHOOK_JSON_RAW_EMAIL=true to the Postmark ingress (HTTP
+              basic auth from the credentials in WEBHOOK_URL): the same checks, except that
+              the ingress stores RawEmail as it is (no X-Original-To), so the raw email must
+              be mxhook's Received: header + exactly the bytes sent; for a message that is
+              not valid UTF-8, each byte that does not begin a valid UTF-8 sequence is
+              U+FFFD (what mxhook puts in RawEmail), compared exactly too.
 
 Usage: run_rails_test.py --mxhook PATH [--corpus DIR] [--keep]
   The corpus is $MXHOOK_TEST_CORPUS, else --corpus, else ../shared/corpus of the repo root.
   --keep leaves the scratch directory (logs, spools, Rails database) in place.
-  MXHOOK_RAILS_MODES=auto (comma list) runs only the modes named.
+  MXHOOK_RAILS_MODES=auto,postmark (comma list; default urlencoded,auto,postmark) runs only
+  the modes named; any other name is a WEBHOOK_ENCODING value sent to the Mailgun ingress.
 
 Exit codes: 0 passed, 1 failed, 77 skipped (no ruby / Rails / corpus), as ctest's
 SKIP_RETURN_CODE. Every wait is bounded; every process it starts is stopped by its PID.
@@ -46,6 +54,8 @@ HERE = Path(__file__).resolve().parent
 APP = HERE / "app" / "app.rb"
 REPO = HERE.parent.parent
 SIGNING_KEY = "rails-e2e-signing-key"
+INGRESS_PASSWORD = "rails-e2e-ingress-password"   # Postmark ingress, user actionmailbox
+DEFAULT_MODES = "urlencoded,auto,postmark"
 RECIPIENT = "user@example.com"
 SENDER = "corpus@example.org"
 HOSTNAME = "mx.test"
@@ -318,10 +328,45 @@ def first_difference(expected, actual):
             f"expected {expected[lo:lo + 60]!r} got {actual[lo:lo + 60]!r}")
 
 
+def replace_invalid_utf8(data):
+    """RawEmail's text: every byte that does not begin a valid UTF-8 sequence becomes U+FFFD,
+    one per byte (src/mime/text.cpp), not one per maximal subpart as Python's "replace"."""
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        b = data[i]
+        n = 1 if b < 0x80 else 2 if 0xC2 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4 if 0xF0 <= b <= 0xF4 else 0
+        if n and i + n <= len(data):
+            try:
+                data[i:i + n].decode("utf-8")
+                out += data[i:i + n]
+                i += n
+                continue
+            except UnicodeDecodeError:
+                pass
+        out += "\ufffd".encode()
+        i += 1
+    return bytes(out)
+
+
 # ----------------------------------------------------------------------------- one run
 
+def mode_setup(mode, rails_port):
+    """(title, mxhook environment for the webhook, prefix the ingress adds, asserting?)"""
+    if mode == "postmark":
+        url = (f"http://actionmailbox:{INGRESS_PASSWORD}@127.0.0.1:{rails_port}"
+               "/rails/action_mailbox/postmark/inbound_emails")
+        return ("WEBHOOK_FORMAT=json WEBHOOK_JSON_RAW_EMAIL=true, Postmark ingress",
+                {"WEBHOOK_URL": url, "WEBHOOK_FORMAT": "json", "WEBHOOK_JSON_RAW_EMAIL": "true"},
+                b"", True)
+    url = f"http://127.0.0.1:{rails_port}/rails/action_mailbox/mailgun/inbound_emails/mime"
+    return (f"WEBHOOK_ENCODING={mode}, Mailgun ingress", {"WEBHOOK_URL": url, "WEBHOOK_ENCODING": mode},
+            f"X-Original-To: {RECIPIENT}\n".encode(), mode != "urlencoded")
+
+
 def run_mode(mode, args, tmp, rails_port, files):
-    log(f"\n== WEBHOOK_ENCODING={mode} ==")
+    title, webhook_env, prefix, asserting = mode_setup(mode, rails_port)
+    log(f"\n== {mode}: {title} ==")
     for f in files:
         f.pop("id", None)
         f.pop("error", None)
@@ -332,9 +377,8 @@ def run_mode(mode, args, tmp, rails_port, files):
         "SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
         "SMTP_HOSTNAME": HOSTNAME,
         "SPOOL_DIR": str(spool),
-        "WEBHOOK_URL": f"http://127.0.0.1:{rails_port}/rails/action_mailbox/mailgun/inbound_emails/mime",
         "WEBHOOK_SIGNING_KEY": SIGNING_KEY,
-        "WEBHOOK_ENCODING": mode,
+        **webhook_env,
         "WEBHOOK_CONCURRENCY": "4",
         "WEBHOOK_TIMEOUT_MS": "30000",
         "ACCEPT_ALL_RECIPIENTS": "true",
@@ -349,7 +393,7 @@ def run_mode(mode, args, tmp, rails_port, files):
     rails_log_start = rails_log.stat().st_size if rails_log.exists() else 0
     started = time.monotonic()
     mx = start([args.mxhook], env, mxlog)
-    result = {"mode": mode, "ok": False, "problems": {}}
+    result = {"mode": mode, "title": title, "asserting": asserting, "ok": False, "problems": {}}
     try:
         if not wait_smtp(smtp_port, mx, SMTP_READY_TIMEOUT):
             log(f"  mxhook did not answer 220 on port {smtp_port} within {SMTP_READY_TIMEOUT} s "
@@ -420,9 +464,9 @@ def run_mode(mode, args, tmp, rails_port, files):
             key = f"{media_type.split('/')[-1]}:{st}"
             post_counts[key] = post_counts.get(key, 0) + 1
 
-    prefix = f"X-Original-To: {RECIPIENT}\n".encode()
-    counts = {"sent": len(files), "queued": 0, "accepted": 0, "identical": 0, "refused": 0,
+    counts = {"sent": len(files), "queued": 0, "accepted": 0, "identical": 0, "replaced": 0, "refused": 0,
               "left_in_spool": 0, "dead": 0}
+    replacing = mode == "postmark"   # RawEmail is a JSON string: U+FFFD for bytes not UTF-8
     rails_status = {}
     refused = []
     for f in files:
@@ -447,16 +491,22 @@ def run_mode(mode, args, tmp, rails_port, files):
                 email, raw = records[0]
                 st = status_of.get(email["id"], email["status"])
                 rails_status[st] = rails_status.get(st, 0) + 1
+                expected = f["bytes"] if f["utf8"] or not replacing else replace_invalid_utf8(f["bytes"])
                 if not raw.startswith(prefix):
                     problem = f"stored raw email does not start with {prefix!r}: {raw[:60]!r}"
                 else:
                     split = split_received(raw[len(prefix):])
                     if not split:
-                        problem = "stored raw email has no Received: header after X-Original-To"
-                    elif split[1] != f["bytes"]:
-                        problem = "stored bytes differ: " + first_difference(f["bytes"], split[1])
-                    else:
+                        problem = ("stored raw email has no Received: header"
+                                   + (" after X-Original-To" if prefix else ""))
+                    elif split[1] != expected:
+                        problem = ("stored bytes differ" + ("" if expected is f["bytes"] else
+                                                            " (expected U+FFFD for each byte not UTF-8)")
+                                   + ": " + first_difference(expected, split[1]))
+                    elif expected is f["bytes"]:
                         counts["identical"] += 1
+                    else:
+                        counts["replaced"] += 1
                 if not problem and fid in left:
                     problem = f"accepted by Rails but still in the spool ({left[fid]['state']})"
         if problem:
@@ -468,7 +518,8 @@ def run_mode(mode, args, tmp, rails_port, files):
     result["ok"] = not result["problems"]
     log(f"  done in {elapsed:.1f} s{'' if settled_ok else ' (did NOT settle in time)'}: "
         f"{counts['accepted']} accepted by Rails, {counts['refused']} refused, "
-        f"{counts['identical']} byte-identical")
+        f"{counts['identical']} byte-identical"
+        + (f", {counts['replaced']} identical but for U+FFFD in place of bytes not UTF-8" if replacing else ""))
     log("  POSTs Rails saw (media type:status): "
         + (" ".join(f"{k}={v}" for k, v in sorted(post_counts.items())) or "none"))
     for name, reqs in non_utf8:
@@ -521,7 +572,7 @@ def main():
             files.append({"name": str(p.relative_to(corpus)), "bytes": data, "utf8": utf8})
     if not files:
         skip(f"corpus at {corpus} is empty")
-    modes = [m for m in os.environ.get("MXHOOK_RAILS_MODES", "urlencoded,auto").split(",") if m]
+    modes = [m for m in os.environ.get("MXHOOK_RAILS_MODES", DEFAULT_MODES).split(",") if m]
     non_utf8 = sum(1 for f in files if not f["utf8"])
     log(f"corpus: {len(files)} messages from {corpus} ({non_utf8} not valid UTF-8); Rails {rails_version}; "
         f"mxhook {args.mxhook}")
@@ -541,6 +592,7 @@ def main():
             "RAILS_APP_DIR": str(tmp / "rails"),
             "RAILS_APP_PORT": str(rails_port),
             "MAILGUN_INGRESS_SIGNING_KEY": SIGNING_KEY,
+            "RAILS_INBOUND_EMAIL_PASSWORD": INGRESS_PASSWORD,
         }
         rails_log = tmp / "rails.log"
         rails = start(["ruby", str(APP)], rails_env, rails_log)
@@ -574,15 +626,16 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
 
     log("\nsummary (one Rails app; a fresh mxhook and spool per mode)")
-    header = ("mode", "sent", "queued", "accepted", "refused", "identical", "in spool", "dead", "seconds",
-              "InboundEmail status", "POSTs (type:status)")
+    header = ("mode", "sent", "queued", "accepted", "refused", "identical", "U+FFFD", "in spool", "dead",
+              "seconds", "InboundEmail status", "POSTs (type:status)")
     rows = [header]
     for r in results:
         c = r.get("counts")
         if not c:
-            rows.append((r["mode"], "-", "-", "-", "-", "-", "-", "-", "-", r.get("fatal", ""), ""))
+            rows.append((r["mode"], "-", "-", "-", "-", "-", "-", "-", "-", "-", r.get("fatal", ""), ""))
             continue
         rows.append((r["mode"], c["sent"], c["queued"], c["accepted"], c["refused"], c["identical"],
+                     c["replaced"] if r["mode"] == "postmark" else "-",
                      c["left_in_spool"], c["dead"], f"{r['seconds']:.1f}",
                      " ".join(f"{k}={v}" for k, v in sorted(r["rails_status"].items())),
                      " ".join(f"{k}={v}" for k, v in sorted(r["post_counts"].items()))))
@@ -593,18 +646,18 @@ def main():
 
     failed = False
     for r in results:
-        if r["mode"] == "urlencoded":
-            continue   # informational: shows what the fix is for
+        if not r["asserting"]:
+            continue   # urlencoded is informational: shows what the fix is for
         if not r["ok"]:
             failed = True
-            log(f"\nFAILED: WEBHOOK_ENCODING={r['mode']}: {len(r['problems'])} of {len(files)} messages:")
+            log(f"\nFAILED: {r['mode']} ({r['title']}): {len(r['problems'])} of {len(files)} messages:")
             for name, problem in sorted(r["problems"].items()):
                 log(f"  {name}: {problem}")
     if failed:
         if not args.keep:
             log("(run it again with --keep to keep the logs, spools and Rails database)")
         return 1
-    log("PASSED" if any(r["mode"] != "urlencoded" for r in results) else "PASSED (no asserting mode was run)")
+    log("PASSED" if any(r["asserting"] for r in results) else "PASSED (no asserting mode was run)")
     return 0
 
 

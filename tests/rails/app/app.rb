@@ -1,11 +1,15 @@
-# A minimal Rails 6.1 application in one file: Action Mailbox with its Mailgun ingress,
-# Active Storage on disk and SQLite, all under a scratch directory. It is the real
-# consumer the Rails end-to-end test (tests/rails/run_rails_test.py) delivers to.
+# A minimal Rails 6.1 application in one file: Action Mailbox with its Mailgun and Postmark
+# ingresses, Active Storage on disk and SQLite, all under a scratch directory. It is the
+# real consumer the Rails end-to-end test (tests/rails/run_rails_test.py) delivers to.
 #
-#   RAILS_APP_DIR=/tmp/x RAILS_APP_PORT=3000 MAILGUN_INGRESS_SIGNING_KEY=k ruby app.rb
+#   RAILS_APP_DIR=/tmp/x RAILS_APP_PORT=3000 MAILGUN_INGRESS_SIGNING_KEY=k \
+#   RAILS_INBOUND_EMAIL_PASSWORD=p ruby app.rb
 #
 # Routes:
-#   POST /rails/action_mailbox/mailgun/inbound_emails/mime   Action Mailbox's own ingress
+#   POST /rails/action_mailbox/mailgun/inbound_emails/mime   Action Mailbox's own ingresses:
+#   POST /rails/action_mailbox/postmark/inbound_emails       Mailgun's (signed with the key) and
+#                                                            Postmark's (basic auth, user
+#                                                            actionmailbox, the password)
 #   GET  /inbound_emails.json    every InboundEmail: id, message_id, status, and the raw
 #                                email as Rails stored it (base64), for byte comparison
 #                                (?raw=0 leaves the raw email out)
@@ -22,6 +26,7 @@ $stdout.sync = true
 APP_DIR = ENV.fetch("RAILS_APP_DIR")
 APP_PORT = Integer(ENV.fetch("RAILS_APP_PORT"))
 ENV["MAILGUN_INGRESS_SIGNING_KEY"] or abort("app.rb: MAILGUN_INGRESS_SIGNING_KEY is not set")
+ENV["RAILS_INBOUND_EMAIL_PASSWORD"] or abort("app.rb: RAILS_INBOUND_EMAIL_PASSWORD is not set")
 ENV["RAILS_ENV"] ||= "production"
 ENV["SECRET_KEY_BASE"] ||= "0" * 128
 # mxhook posts several messages at once. SQLite has one writer, and the sqlite3 gem's busy
@@ -54,6 +59,25 @@ class RequestRecorder
   end
 end
 
+# Rails 6.1 serves one ingress, ActionMailbox.ingress: the other ingresses' controllers
+# answer 404 (BaseController#ensure_configured). This app serves two, so a request to an
+# ingress's path makes it the configured one before Rails sees the request, exactly as if
+# the app were configured with it alone. It sits inside Rack::Lock, so no other request
+# runs meanwhile; the background routing jobs do not read the setting.
+class IngressSelector
+  INGRESSES = %w[mailgun postmark].freeze
+
+  def initialize(app)
+    @app = app
+  end
+
+  def call(env)
+    name = env["PATH_INFO"].to_s[%r{\A/rails/action_mailbox/(\w+)/}, 1]
+    ActionMailbox.ingress = name.to_sym if INGRESSES.include?(name)
+    @app.call(env)
+  end
+end
+
 require "rails"
 require "active_record/railtie"
 require "active_storage/engine"
@@ -65,7 +89,7 @@ require "rack/handler/webrick"
 require "base64"
 require "json"
 
-class RailsMailgunTestApp < Rails::Application
+class RailsMailboxTestApp < Rails::Application
   config.load_defaults 6.1
   config.root = APP_DIR
   config.eager_load = false
@@ -74,13 +98,15 @@ class RailsMailgunTestApp < Rails::Application
   config.log_level = :info
   config.require_master_key = false
   # Keeps the log readable: the raw message is not dumped with every request.
-  config.filter_parameters += ["body-mime", "token", "signature"]
-  config.action_mailbox.ingress = :mailgun
+  config.filter_parameters += ["body-mime", "token", "signature",
+                                "RawEmail", "TextBody", "HtmlBody", "StrippedTextReply", "Headers", "Attachments"]
+  config.action_mailbox.ingress = :mailgun   # IngressSelector switches to :postmark per request
   # Routing runs in the background, as in a real deployment; the ingress answers as soon
   # as the InboundEmail and its blob are stored.
   config.active_job.queue_adapter = :async
   config.middleware.insert_before 0, Rack::Lock, DB_LOCK
   config.middleware.insert_after Rack::Lock, RequestRecorder
+  config.middleware.insert_after RequestRecorder, IngressSelector
   config.active_storage.service = :test_disk
   config.active_storage.service_configurations = {
     "test_disk" => { "service" => "Disk", "root" => File.join(APP_DIR, "storage") },
