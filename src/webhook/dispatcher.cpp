@@ -409,17 +409,24 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
         out.step = Prepared::too_old;
         return out;
     }
-    // The routes in force decide (the item's first recipient: a message split by route
-    // holds one route's recipients); none, or no match: the default URL.
+    // The routes in force decide. An item holds the recipients of one route as they were
+    // grouped when it was accepted; after a reload they may disagree: the item then goes
+    // whole where its first recipient that is still posted to points (mail is never
+    // dropped for a recipient whose route posts it), and is dropped only when every
+    // recipient's route is drop or reject. None, or no match: the default URL.
     WebhookFormat format = config.webhook_format;
     out.url = route(config, out.meta.recipients);
     if (routes != nullptr && !out.meta.recipients.empty()) {
-        if (const Route* chosen = routes->match(out.meta.recipients.front(), out.meta.sender, out.meta.headers)) {
+        const auto groups = group_recipients(*routes, out.meta.recipients, out.meta.sender, out.meta.headers, nullptr);
+        if (groups.empty()) {
+            const Route* dropping = routes->match(out.meta.recipients.front(), out.meta.sender, out.meta.headers);
+            out.route_line = dropping != nullptr ? dropping->line : 0;
+            out.step = Prepared::dropped;
+            return out;
+        }
+        out.regrouped = groups.size() > 1 || groups.front().recipients.size() != out.meta.recipients.size();
+        if (const Route* chosen = groups.front().route) {
             out.route_line = chosen->line;
-            if (chosen->action != Route::Action::post) {
-                out.step = Prepared::dropped;
-                return out;
-            }
             out.url = chosen->url;
             if (chosen->format) format = *chosen->format;
         }
@@ -512,6 +519,11 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
     }
     const std::string& url = prepared.url;
     const std::string shown_url = prepared.route_line != 0 ? masked_url(url) : shown(url);
+    if (prepared.regrouped) {
+        spdlog::warn("delivery id={}: under the routes reloaded since it was queued, its recipients take different "
+                     "routes (or some are dropped); sent whole to {} (route line {})",
+                     id, shown_url, prepared.route_line);
+    }
     if (prepared.step == Prepared::ready) {
         http::Request request;
         request.url = url;

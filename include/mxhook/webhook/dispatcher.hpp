@@ -49,7 +49,7 @@ struct Prepared {
         too_old,         // claimed, past MAX_RETRY_AGE_MS
         message_later,   // claimed, the body cannot be made now (I/O, memory, randomness): a failed attempt
         message_broken,  // claimed, message.eml missing: to dead-letter
-        dropped,         // claimed, its route is drop (or reject): to remove
+        dropped,         // claimed, every recipient's route is drop (or reject): to remove
     };
     Step step = gone;
     spool::Meta meta;
@@ -61,6 +61,7 @@ struct Prepared {
     std::vector<std::string> headers;  // extra request headers (the JSON payload's signature)
     std::string url;                   // where the POST goes (the route's, or the default)
     std::size_t route_line = 0;        // the routes file's line that decided, 0 for none
+    bool regrouped = false;            // the routes in force would split its recipients now
     Failure failure;
 };
 
