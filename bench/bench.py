@@ -33,8 +33,8 @@ SIGNING_KEY = "bench-signing-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KB, MB = 1024, 1024 * 1024
 
-GROUPS = ["accept", "e2e", "backlog", "slow", "memory", "auth", "scale"]
-DEFAULT_GROUPS = ["accept", "e2e", "backlog", "slow", "memory", "auth"]
+GROUPS = ["accept", "e2e", "backlog", "slow", "memory", "auth", "formats", "scale"]
+DEFAULT_GROUPS = ["accept", "e2e", "backlog", "slow", "memory", "auth", "formats"]
 
 # Acceptance cells: (label, payload bytes for smtp-source -l, concurrency, messages in the
 # full run, messages in --smoke). Counts are picked so that mxhook's run takes about 1 to 2 s
@@ -667,7 +667,7 @@ class Bench:
                 "cpu_ms": (c1 - c0) / CLK_TCK * 1000 / accepted,
                 "client_cores": client_cpu / wall}
 
-    def flow_once(self, conc, n, base=None):
+    def flow_once(self, conc, n, base=None, env=None, size=KB):
         """smtp-source as in the acceptance cells, but with deliveries flowing (the sink answers
         at once): mxhook's CPU from the first connection to the last POST answered, per
         message. The Python e2e cells run at the Python client's pace, which spreads the same
@@ -676,9 +676,9 @@ class Bench:
         sink = Sink(d)
         mx = None
         try:
-            mx = Mxhook(self.binary, d, sink.port)
+            mx = Mxhook(self.binary, d, sink.port, env=env)
             c0, t0 = mx.ticks(), time.time()
-            status, _, _, err = smtp_source(mx.port, KB, conc, n)
+            status, _, _, err = smtp_source(mx.port, size, conc, n)
             if status != 0:
                 self.problem(f"flow c{conc}: smtp-source against mxhook exited {status}: {err.strip()[:200]}")
                 return None
@@ -1013,6 +1013,41 @@ class Bench:
                  "≥ 0.80 of checks off" if not self.smoke else "—",
                  None if ratio is None or self.smoke else ratio >= 0.8)
 
+    # -- payload formats -------------------------------------------------------------------
+
+    def run_formats(self):
+        """WEBHOOK_FORMAT=parsed and json take the message apart with GMime and write the body to
+        a scratch file before posting: what that costs against the mime payload, same load."""
+        conc = 10
+        self.say(f"== formats: smtp-source c{conc}, deliveries flowing, WEBHOOK_FORMAT mime / parsed / json"
+                 f" interleaved, {self.repeat} run(s) each")
+        for size, n, label in ((KB, 40 if self.smoke else 3000, "1 KB"), (100 * KB, 10 if self.smoke else 500, "100 KB")):
+            runs = {f: [] for f in ("mime", "parsed", "json")}
+            for _ in range(self.repeat):
+                for f in runs:
+                    runs[f].append(self.flow_once(conc, n, env={"WEBHOOK_FORMAT": f}, size=size))
+            result = {}
+            for f, rs in runs.items():
+                rs = [r for r in rs if r]
+                if not rs:
+                    self.problem(f"formats {label} {f}: no result")
+                    continue
+                result[f] = (med([r["rate"] for r in rs]), med([r["cpu_ms"] for r in rs]))
+            if "mime" not in result:
+                continue
+            base_rate, base_cpu = result["mime"]
+            self.say(f"   {label}: " + "; ".join(f"{f} {fmt(r)}/s at {fmt(c, '.3f')} ms CPU" for f, (r, c) in result.items()))
+            for f in ("parsed", "json"):
+                if f not in result:
+                    continue
+                rate, cpu = result[f]
+                ratio = rate / base_rate if base_rate else None
+                self.row(f"{label} c{conc} accepted + delivered, WEBHOOK_FORMAT={f}",
+                         f"{fmt(rate)}/s ({fmt(cpu, '.3f', ' ms')} CPU/msg)",
+                         f"mime {fmt(base_rate)}/s ({fmt(base_cpu, '.3f', ' ms')})", fmt(ratio, ".2f"),
+                         "parse (GMime) + body file + stream", "≥ 0.50 of mime" if not self.smoke else "—",
+                         None if ratio is None or self.smoke else ratio >= 0.5)
+
     # -- scale -----------------------------------------------------------------------------
 
     def run_scale(self):
@@ -1132,7 +1167,7 @@ class Bench:
         for line in self.header:
             self.say(line)
         steps = {"accept": self.run_accept, "e2e": self.run_e2e, "backlog": self.run_backlog,
-                 "slow": self.run_slow, "memory": self.run_memory, "auth": self.run_auth,
+                 "slow": self.run_slow, "memory": self.run_memory, "auth": self.run_auth, "formats": self.run_formats,
                  "scale": self.run_scale}
         for g in self.groups:
             try:

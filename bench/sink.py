@@ -89,8 +89,9 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # no per-request log lines
         pass
 
-    def discard_body(self):
-        """Read the request body exactly; return (length, first chunk or b"")."""
+    def discard_body(self, mac=None):
+        """Read the request body exactly; return (length, first chunk or b""). mac, when
+        given, is updated with every byte of the body."""
         head = b""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             total = 0
@@ -105,6 +106,8 @@ class Handler(BaseHTTPRequestHandler):
                     got = self.rfile.read(min(left, CHUNK))
                     if not got:
                         raise ConnectionError("body cut short")
+                    if mac is not None:
+                        mac.update(got)
                     if len(head) < CHUNK:
                         head += got[:CHUNK - len(head)]
                     left -= len(got)
@@ -116,12 +119,17 @@ class Handler(BaseHTTPRequestHandler):
             got = self.rfile.read(min(left, CHUNK))
             if not got:
                 raise ConnectionError(f"body cut short: {length - left} of {length} bytes")
+            if mac is not None:
+                mac.update(got)
             if not head:
                 head = got
             left -= len(got)
         return length, head
 
     def signature_ok(self, head):
+        # The fields come first: searching the first 64 KiB keeps the sink's CPU out of the
+        # measurement (a search through a whole parsed payload cost 5 ms per request).
+        head = head[:65536]
         m = SIG_URLENCODED.search(head) or SIG_MULTIPART.search(head)
         if not m:
             return False
@@ -145,8 +153,14 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if self.delay_before and self.delay:
                 time.sleep(self.delay)
+            # WEBHOOK_FORMAT=json signs the whole body in request headers (README "Parsed and
+            # JSON payloads"): HMAC-SHA256 of timestamp + token + body.
+            json_mac = None
+            if self.verify_key is not None and self.headers.get("Content-Type", "").startswith("application/json"):
+                json_mac = hmac.new(self.verify_key, (self.headers.get("X-Mxhook-Timestamp", "") +
+                                                      self.headers.get("X-Mxhook-Token", "")).encode(), hashlib.sha256)
             try:
-                n, head = self.discard_body()
+                n, head = self.discard_body(json_mac)
             except (ConnectionError, ValueError) as exc:
                 say(f"error {exc}")
                 self.close_connection = True
@@ -155,7 +169,10 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(self.delay)
             now = time.time()
             msg_id = self.headers.get("X-Mxhook-Id", "")
-            bad = self.verify_key is not None and not self.signature_ok(head)
+            if json_mac is not None:
+                bad = not hmac.compare_digest(json_mac.hexdigest(), self.headers.get("X-Mxhook-Signature", ""))
+            else:
+                bad = self.verify_key is not None and not self.signature_ok(head)
             line = None
             with c.lock:
                 c.deliveries += 1

@@ -121,7 +121,16 @@ void TextDecoder::fallback(std::string_view bytes, std::string& out, bool last) 
     carry_.clear();
     in += bytes;
     std::size_t i = 0;
+    out.reserve(out.size() + in.size());
     while (i < in.size()) {
+        // Runs of ASCII (most of any text) are copied whole.
+        std::size_t ascii = i;
+        while (ascii < in.size() && static_cast<unsigned char>(in[ascii]) < 0x80) ++ascii;
+        if (ascii > i) {
+            out.append(in, i, ascii - i);
+            i = ascii;
+            continue;
+        }
         const int n = utf8_length_at(in, i);
         if (n > 0) {
             out.append(in, i, static_cast<std::size_t>(n));

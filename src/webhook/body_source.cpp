@@ -192,7 +192,7 @@ std::shared_ptr<FormBodySource> FormBodySource::open_file(int fd, std::string co
                                                           boost::asio::any_io_executor io) {
     auto state = std::make_shared<State>(pool.get_executor(), std::move(io));
     state->fd = fd;
-    return open_with(std::move(state), "the webhook body", [&content_type](State& s, bool) {
+    return open_with(std::move(state), "the webhook body", /*inspect=*/false, [&content_type](State& s, bool) {
         s.encode = false;
         s.content_type = std::move(content_type);
     });
@@ -207,10 +207,11 @@ std::shared_ptr<FormBodySource> FormBodySource::open_with(const std::filesystem:
     if (state->fd < 0) {
         throw std::system_error(errno, std::generic_category(), "open " + message.string());
     }
-    return open_with(std::move(state), message.string(), frame);
+    return open_with(std::move(state), message.string(), /*inspect=*/true, frame);
 }
 
 std::shared_ptr<FormBodySource> FormBodySource::open_with(std::shared_ptr<State> state, const std::string& name,
+                                                          bool inspect,
                                                           const std::function<void(State&, bool)>& frame) {
 
     // One pass over the file for the exact encoded size (Content-Length) and whether it is
@@ -228,8 +229,10 @@ std::shared_ptr<FormBodySource> FormBodySource::open_with(std::shared_ptr<State>
     for (;;) {
         const std::size_t got = pread_full(state->fd, raw.data(), buffer, offset);
         const std::string_view bytes(raw.data(), got);
-        encoded += form_encoded_size(bytes);
-        utf8.feed(bytes);
+        if (inspect) {  // a body sent as it is needs neither
+            encoded += form_encoded_size(bytes);
+            utf8.feed(bytes);
+        }
         const bool last = got < buffer;
         if (offset == 0 && last) {
             raw.resize(got);

@@ -95,10 +95,31 @@ std::string json_string(std::string_view text) {
 class JsonStringWriter {
 public:
     explicit JsonStringWriter(BodyFile& out) : out_(out) { out_.write("\""); }
+    // The pieces are valid UTF-8 already (a TextDecoder's output), so only '"', '\\' and
+    // control characters need escaping: runs between them are written as they are.
+    // (nlohmann's serializer re-decodes every code point: a quarter of the CPU of a JSON
+    // delivery with a 100 KB text body.)
     void operator()(std::string_view utf8) {
-        if (utf8.empty()) return;
-        const std::string quoted = json_string(utf8);
-        out_.write(std::string_view(quoted).substr(1, quoted.size() - 2));
+        static constexpr char kHex[] = "0123456789abcdef";
+        std::size_t run = 0;
+        for (std::size_t i = 0; i < utf8.size(); ++i) {
+            const auto c = static_cast<unsigned char>(utf8[i]);
+            if (c >= 0x20 && c != '"' && c != '\\') continue;
+            out_.write(utf8.substr(run, i - run));
+            run = i + 1;
+            switch (c) {
+                case '"': out_.write("\\\""); break;
+                case '\\': out_.write("\\\\"); break;
+                case '\n': out_.write("\\n"); break;
+                case '\r': out_.write("\\r"); break;
+                case '\t': out_.write("\\t"); break;
+                default: {
+                    const char escaped[] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xF]};
+                    out_.write(std::string_view(escaped, sizeof escaped));
+                }
+            }
+        }
+        out_.write(utf8.substr(run));
     }
     void close() { out_.write("\""); }
 

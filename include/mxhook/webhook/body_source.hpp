@@ -63,8 +63,10 @@ private:
                                                      boost::asio::thread_pool& pool,
                                                      boost::asio::any_io_executor io,
                                                      const std::function<void(State&, bool)>& frame);
+    // inspect: compute the form-encoded size and UTF-8 validity (false: the body is sent
+    // as it is, and frame is told it is valid UTF-8).
     static std::shared_ptr<FormBodySource> open_with(std::shared_ptr<State> state, const std::string& name,
-                                                     const std::function<void(State&, bool)>& frame);
+                                                     bool inspect, const std::function<void(State&, bool)>& frame);
     std::shared_ptr<State> state_;
 };
 
