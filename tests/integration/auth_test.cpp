@@ -834,23 +834,12 @@ TEST_F(AuthTest, MetaJsonKeepsTheSummaryAndMetricsCountEachResult) {
     const std::string passing_id = queued_id(passing);
     ASSERT_FALSE(passing_id.empty()) << passing;
 
-    // meta.json, once the first (refused) attempt is recorded.
-    const auto meta_of = [&](const std::string& id) {
-        std::optional<json> meta;
-        wait_until(
-            [&] {
-                meta = read_meta(pending_dir() / id);
-                return meta && meta->value("attempts", 0) >= 1;
-            },
-            10s);
-        return meta;
-    };
-    const auto failing_meta = meta_of(failing_id);
+    const auto failing_meta = meta_after_attempt(failing_id);
     ASSERT_TRUE(failing_meta.has_value()) << "meta.json of " << failing_id;
     EXPECT_EQ((*failing_meta)["verdicts"],
               json::parse(R"({"spf":"pass","dkim":"none","dmarc":"fail","dmarcPolicy":"reject"})"))
         << failing_meta->dump();
-    const auto passing_meta = meta_of(passing_id);
+    const auto passing_meta = meta_after_attempt(passing_id);
     ASSERT_TRUE(passing_meta.has_value()) << "meta.json of " << passing_id;
     EXPECT_EQ((*passing_meta)["verdicts"], json::parse(R"({"spf":"pass","dkim":"none","dmarc":"pass"})"))
         << passing_meta->dump();

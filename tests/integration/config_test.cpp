@@ -31,7 +31,7 @@ TEST_P(ConfigErrorTest, ExitsNonZeroNamingTheVariable) {
     daemon.start();
     const auto status = daemon.wait_exit(std::chrono::seconds(5));
     ASSERT_TRUE(status.has_value()) << bad.variable << "=" << bad.value << ": still running after 5 s";
-    EXPECT_TRUE(status->exited() && status->code() != 0) << status->describe();
+    EXPECT_TRUE(status->exited() && status->code() == 2) << status->describe();
 
     const std::string err = read_file(err_path);
     std::istringstream lines(err);
@@ -58,7 +58,17 @@ INSTANTIATE_TEST_SUITE_P(
                       BadConfig{"PortOutOfRange", "SMTP_LISTEN", "127.0.0.1:70000"},
                       BadConfig{"DnsServerByName", "DNS_SERVERS", "ns1.example.com"},
                       BadConfig{"NegativeDiskGuard", "SPOOL_MIN_FREE_BYTES", "-1"},
-                      BadConfig{"DiskGuardInWords", "SPOOL_MIN_FREE_BYTES", "100MB"}),
+                      BadConfig{"DiskGuardInWords", "SPOOL_MIN_FREE_BYTES", "100MB"},
+                      // The content scanners (README "Spam and virus verdicts").
+                      BadConfig{"ClamdActionDelete", "CLAMD_ACTION", "delete"},
+                      BadConfig{"FtpRspamdUrl", "RSPAMD_URL", "ftp://x"},
+                      BadConfig{"ClamdAddressNotAnAddress", "CLAMD_ADDRESS", "not-an-address"},
+                      BadConfig{"RspamdRequiredMaybe", "RSPAMD_REQUIRED", "maybe"},
+                      BadConfig{"ClamdTimeoutInWords", "CLAMD_TIMEOUT_MS", "soon"},
+                      BadConfig{"RspamdTimeoutNegative", "RSPAMD_TIMEOUT_MS", "-5"},
+                      // The payload formats (README "Parsed and JSON payloads").
+                      BadConfig{"BogusWebhookFormat", "WEBHOOK_FORMAT", "bogus"},
+                      BadConfig{"JsonRawEmailMaybe", "WEBHOOK_JSON_RAW_EMAIL", "maybe"}),
     [](const ::testing::TestParamInfo<BadConfig>& info) { return std::string(info.param.name); });
 
 }  // namespace

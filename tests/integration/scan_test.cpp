@@ -616,19 +616,6 @@ protected:
         return request;
     }
 
-    // meta.json of a pending item once its first (refused) attempt is recorded.
-    std::optional<json> meta_after_attempt(const std::string& id) {
-        std::optional<json> meta;
-        wait_until(
-            [&] {
-                meta = read_meta(pending_dir() / id);
-                return meta && meta->value("attempts", 0) >= 1;
-            },
-            10s);
-        if (!meta) ADD_FAILURE() << "meta.json of " << id << " never readable in pending/";
-        return meta;
-    }
-
     // "message" of the decision request number `index`.
     std::optional<json> decision_message(std::size_t index) {
         if (!decider_.wait_for(index + 1, 10s)) {
@@ -1183,47 +1170,6 @@ TEST_F(ScanTest, BothScannersAddTheirHeadersInOrderAndReportBothVerdicts) {
     ASSERT_TRUE(split.has_value()) << printable(asked.body, 300);
     EXPECT_EQ(split->rest, with_final_crlf(message)) << first_difference(with_final_crlf(message), split->rest);
 }
-
-// --- 5. configuration errors ---------------------------------------------------------------------------
-
-struct BadScanConfig {
-    const char* name;
-    const char* variable;
-    const char* value;
-};
-
-void PrintTo(const BadScanConfig& bad, std::ostream* out) { *out << bad.variable << "=" << bad.value; }
-
-class ScanConfigErrorTest : public IntegrationTest, public ::testing::WithParamInterface<BadScanConfig> {};
-
-TEST_P(ScanConfigErrorTest, ExitsWithCode2NamingTheVariable) {
-    const BadScanConfig& bad = GetParam();
-    Env env = base_env(free_port());
-    env[bad.variable] = bad.value;
-    const auto err_path = tmp_.path() / "stderr.log";
-    Daemon daemon(mxhook_binary(), env, tmp_.path() / "stdout.log", err_path);
-    daemon.start();
-    const auto status = daemon.wait_exit(5s);
-    ASSERT_TRUE(status.has_value()) << bad.variable << "=" << bad.value << ": still running after 5 s";
-    EXPECT_TRUE(status->exited() && status->code() == 2) << status->describe();
-    const std::string err = read_file(err_path);
-    std::istringstream lines(err);
-    std::string line;
-    bool named = false;
-    while (std::getline(lines, line)) named = named || line.find(bad.variable) != std::string::npos;
-    EXPECT_TRUE(named) << "stderr does not name " << bad.variable << " on a line:\n" << err;
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    Scan, ScanConfigErrorTest,
-    ::testing::Values(BadScanConfig{"ClamdActionDelete", "CLAMD_ACTION", "delete"},
-                      BadScanConfig{"FtpRspamdUrl", "RSPAMD_URL", "ftp://x"},
-                      BadScanConfig{"ClamdAddressNotAnAddress", "CLAMD_ADDRESS", "not-an-address"},
-                      // Beyond the brief's list: the other typed scanner variables.
-                      BadScanConfig{"RspamdRequiredMaybe", "RSPAMD_REQUIRED", "maybe"},
-                      BadScanConfig{"ClamdTimeoutInWords", "CLAMD_TIMEOUT_MS", "soon"},
-                      BadScanConfig{"RspamdTimeoutNegative", "RSPAMD_TIMEOUT_MS", "-5"}),
-    [](const ::testing::TestParamInfo<BadScanConfig>& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace itest

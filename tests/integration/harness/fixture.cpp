@@ -226,6 +226,20 @@ std::optional<nlohmann::json> IntegrationTest::read_meta(const std::filesystem::
     }
 }
 
+std::optional<nlohmann::json> IntegrationTest::meta_after_attempt(const std::string& id) const {
+    std::optional<nlohmann::json> meta;
+    wait_until(
+        [&] {
+            meta = read_meta(pending_dir() / id);
+            return meta && meta->value("attempts", 0) >= 1;
+        },
+        std::chrono::seconds(10));
+    if (!meta || meta->value("attempts", 0) < 1) {
+        ADD_FAILURE() << "meta.json of " << id << " never showed an attempt in pending/";
+    }
+    return meta;
+}
+
 void IntegrationTest::TearDown() {
     for (auto& d : daemons_) {
         if (d->running()) d->stop(std::chrono::seconds(5));

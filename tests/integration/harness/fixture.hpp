@@ -100,6 +100,9 @@ protected:
 
     // meta.json of an item, parsed; nullopt while it is missing or being replaced.
     static std::optional<nlohmann::json> read_meta(const std::filesystem::path& item_dir);
+    // meta.json of pending/<id> once its first (refused) attempt is recorded (waits up to
+    // 10 s); nullopt, with a failure recorded, when it never is.
+    std::optional<nlohmann::json> meta_after_attempt(const std::string& id) const;
 
     TempDir tmp_;
     TestWebhook hook_;
