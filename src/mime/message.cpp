@@ -8,6 +8,7 @@
 #include "gmime_init.hpp"
 #include "mxhook/mime/text.hpp"
 
+#include <boost/algorithm/string/case_conv.hpp>
 #include <gmime/gmime.h>
 
 #include <fcntl.h>
@@ -41,12 +42,7 @@ std::string take(char* s) {
     return out;
 }
 
-std::string lower(std::string s) {
-    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) {
-        return static_cast<char>(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
-    });
-    return s;
-}
+std::string lower(std::string s) { return boost::algorithm::to_lower_copy(std::move(s)); }
 
 struct Unref {
     void operator()(gpointer object) const {

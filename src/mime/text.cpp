@@ -2,6 +2,7 @@
 
 #include "gmime_init.hpp"
 
+#include <boost/algorithm/string/case_conv.hpp>
 #include <gmime/gmime.h>
 #include <iconv.h>
 
@@ -16,13 +17,7 @@ namespace {
 
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
-std::string lower(std::string_view s) {
-    std::string out(s);
-    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) {
-        return static_cast<char>(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
-    });
-    return out;
-}
+std::string lower(std::string_view s) { return boost::algorithm::to_lower_copy(std::string(s)); }
 
 void append_code_point(std::string& out, char32_t cp) {
     if (cp < 0x80) {

@@ -509,8 +509,8 @@ namespace {
 // recipient. The first keeps the message's id, the others get new ones. Their meta.json
 // files are made one at a time from one working copy, so memory does not grow with
 // recipients x header size.
-Committed commit_item(spool::Spool& spool, spool::TmpItem& item, const spool::Meta& meta,
-                               RecipientMode mode, const webhook::Routes* routes) {
+Committed commit_item(spool::Spool& spool, spool::TmpItem& item, const spool::Meta& meta, RecipientMode mode,
+                      const webhook::Routes* routes) {
     Committed out;
     std::vector<std::vector<std::string>> groups;
     if (routes != nullptr) {
