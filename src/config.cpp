@@ -400,6 +400,7 @@ Config load_config(const EnvLookup& env) {
         reader, "SMTP_BARE_LF", {{"normalize", BareLfPolicy::normalize}, {"reject", BareLfPolicy::reject}});
     c.smtp_timeout = reader.millis("SMTP_TIMEOUT_MS", c.smtp_timeout);
     c.shutdown_grace = reader.millis("SHUTDOWN_GRACE_MS", c.shutdown_grace);
+    c.drain_timeout = reader.millis("DRAIN_TIMEOUT_MS", c.drain_timeout);
     c.smtp_max_session = reader.millis("SMTP_MAX_SESSION_MS", c.smtp_max_session);
     c.smtp_max_connections = reader.count("SMTP_MAX_CONNECTIONS", c.smtp_max_connections);
     c.smtp_max_connections_per_ip = reader.count("SMTP_MAX_CONNECTIONS_PER_IP", c.smtp_max_connections_per_ip);
@@ -642,6 +643,7 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
         {"LOG_LEVEL", c.log_level},
         {"LOG_FORMAT", c.log_json ? "json" : "text"},
         {"SHUTDOWN_GRACE_MS", millis_text(c.shutdown_grace)},
+        {"DRAIN_TIMEOUT_MS", millis_text(c.drain_timeout)},
     };
 }
 

@@ -3,6 +3,7 @@
 #include "mxhook/auth/checker.hpp"
 #include "mxhook/config.hpp"
 #include "mxhook/decision/client.hpp"
+#include "mxhook/drain_monitor.hpp"
 #include "mxhook/healthcheck.hpp"
 #include "mxhook/http/client.hpp"
 #include "mxhook/log_format.hpp"
@@ -12,6 +13,7 @@
 #include "mxhook/smtp/tls.hpp"
 #include "mxhook/spool/disk_guard.hpp"
 #include "mxhook/spool/spool.hpp"
+#include "mxhook/tool/drain_command.hpp"
 #include "mxhook/tool/spool_command.hpp"
 #include "mxhook/webhook/dispatcher.hpp"
 #include "mxhook/webhook/routes.hpp"
@@ -90,6 +92,10 @@ int run(const Config& config) {
     metrics::global().start_time_seconds =
         std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     boost::asio::io_context io(1);
+    // SIGUSR1 (`mxhook drain`) is caught from here on, before the spool lock that tells
+    // `mxhook drain` whom to signal is taken: its default action would end the process,
+    // and one that arrives while the spool is recovered waits for the handler below.
+    boost::asio::signal_set usr1(io, SIGUSR1);
     // The certificate first: a pair that does not load stops the start before anything
     // touches the spool.
     std::unique_ptr<smtp::TlsCredentials> tls;
@@ -279,10 +285,32 @@ int run(const Config& config) {
     };
     wait_hangup();
 
+    // SIGUSR1 (`mxhook drain`): take no more mail, deliver what is queued now, report.
+    DrainMonitor drain(io, pool, spool, config.drain_timeout, [&server] { return server.session_count(); });
+    std::function<void()> wait_usr1 = [&] {
+        usr1.async_wait([&](const boost::system::error_code& ec, int) {
+            if (ec) return;
+            // Again while draining: one more attempt for everything now, a new window.
+            spdlog::info("received SIGUSR1: {}: taking no more mail (421 4.3.2, /readyz 503), trying every queued "
+                         "message now, for up to DRAIN_TIMEOUT_MS={} ms ({} session(s) open, {} delivery(ies) in "
+                         "flight)",
+                         drain.started() ? "draining again" : "draining", config.drain_timeout.count(),
+                         server.session_count(), dispatcher.in_flight());
+            sd_notify(0, "STATUS=draining: taking no mail, delivering the spool");
+            metrics::global().draining.set(1);
+            server.drain();
+            dispatcher.drain();
+            drain.start();
+            wait_usr1();
+        });
+    };
+    wait_usr1();
+
     signals.async_wait([&](const boost::system::error_code& ec, int signal) {
         if (ec) return;
         sd_notify(0, "STOPPING=1\nSTATUS=finishing transactions and deliveries in flight");
         hangup.cancel();
+        usr1.cancel();
         disk_guard.stop();
         if (tls) tls->stop();
         spdlog::info("received signal {}: shutting down ({} session(s), {} delivery(ies) in flight)", signal,
@@ -353,8 +381,8 @@ int main(int argc, char** argv) {
             return 1;
         }
     }
-    if (!command.empty() && command != "healthcheck") {
-        std::cerr << "usage: mxhook [healthcheck | config | spool <command> | --version]\n"
+    if (!command.empty() && command != "healthcheck" && command != "drain") {
+        std::cerr << "usage: mxhook [healthcheck | drain | config | spool <command> | --version]\n"
                      "  (the configuration comes from the environment; see README)\n";
         return 2;
     }
@@ -366,6 +394,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     if (command == "healthcheck") return run_healthcheck(config.smtp_listen, std::chrono::seconds(5));
+    if (command == "drain") return tool::drain_command(config, std::cout, std::cerr);
     setup_logging(config);
     try {
         return run(config);

@@ -90,6 +90,7 @@ struct Config {
     std::string smtp_tls_key_path;                          // SMTP_TLS_KEY_PATH (PEM)
     std::chrono::milliseconds smtp_tls_watch_interval{60000};  // SMTP_TLS_WATCH_INTERVAL_MS
     std::chrono::milliseconds shutdown_grace{30000};         // SHUTDOWN_GRACE_MS
+    std::chrono::milliseconds drain_timeout{60000};          // DRAIN_TIMEOUT_MS
     bool accept_all_recipients = true;                      // ACCEPT_ALL_RECIPIENTS
     std::vector<std::string> accepted_domains;              // ACCEPTED_DOMAINS, lower-cased
 

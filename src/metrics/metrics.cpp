@@ -132,6 +132,9 @@ std::string render(const Metrics& m, const SpoolSnapshot& spool, const BuildInfo
         family(out, "mxhook_ready", "gauge", "1 when /readyz answers 200 (mail can be taken), else 0.");
         sample(out, "mxhook_ready", "", std::uint64_t{*ready ? 1u : 0u});
     }
+    family(out, "mxhook_draining", "gauge",
+           "1 once `mxhook drain` (SIGUSR1) told this replica to take no more mail and empty its spool.");
+    sample(out, "mxhook_draining", "", m.draining.value());
 
     family(out, "mxhook_build_info", "gauge", "Version and git commit of the running binary (always 1).");
     sample(out, "mxhook_build_info", label("version", build.version) + "," + label("commit", build.commit),
@@ -144,11 +147,12 @@ std::string render(const Metrics& m, const SpoolSnapshot& spool, const BuildInfo
     family(out, "mxhook_smtp_connections_total", "counter", "SMTP connections accepted into a session.");
     sample(out, "mxhook_smtp_connections_total", "", m.smtp_connections.value());
     family(out, "mxhook_smtp_connections_refused_total", "counter",
-           "SMTP connections answered 421 and closed because of a connection limit.");
+           "SMTP connections answered 421 and closed because of a connection limit, or while draining.");
     sample(out, "mxhook_smtp_connections_refused_total", label("reason", "max_connections"),
            m.smtp_refused_max_connections.value());
     sample(out, "mxhook_smtp_connections_refused_total", label("reason", "max_connections_per_ip"),
            m.smtp_refused_max_connections_per_ip.value());
+    sample(out, "mxhook_smtp_connections_refused_total", label("reason", "draining"), m.smtp_refused_draining.value());
     family(out, "mxhook_smtp_transactions_total", "counter",
            "Mail transactions that reached DATA, by the reply code that ended them (250: queued).");
     codes(out, "mxhook_smtp_transactions_total", "code", m.smtp_transactions);

@@ -26,6 +26,7 @@ namespace {
 // A balancer sends its PROXY header at once; a peer that does not is not one. (Or within
 // SMTP_TIMEOUT_MS, when that is shorter.)
 constexpr auto kProxyHeaderTimeout = std::chrono::seconds(10);
+constexpr std::string_view kDrainingReply = "421 4.3.2 Service not available: draining, try another MX\r\n";
 }  // namespace
 
 Server::Server(asio::io_context& io, SessionContext& context) : io_(io), context_(context) {}
@@ -77,6 +78,14 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
             // (not even "too many connections") that could tell it a server listens here.
             spdlog::info("smtp peer={} refused: not in SMTP_PROXY_PROTOCOL_FROM", ip);
             socket.close(ignored);
+            continue;
+        }
+        if (draining_) {
+            // Behind a balancer this also answers its health check: it takes the
+            // replica out of rotation on its own.
+            refuse(std::move(socket), kDrainingReply);
+            metrics::global().smtp_refused_draining.add();
+            spdlog::info("smtp {}={} refused: draining", proxied_listener ? "peer" : "client", ip);
             continue;
         }
         if (sessions_.size() + handshakes_.size() >= context_.config.smtp_max_connections) {
@@ -133,6 +142,12 @@ asio::awaitable<void> Server::proxied(tcp::socket socket, std::string peer, std:
 }
 
 void Server::start_session(tcp::socket socket, std::string ip, std::string initial_bytes) {
+    if (draining_) {  // the drain began during its PROXY header
+        refuse(std::move(socket), kDrainingReply);
+        metrics::global().smtp_refused_draining.add();
+        spdlog::info("smtp client={} refused: draining", ip);
+        return;
+    }
     auto& from_ip = per_ip_[ip];
     if (from_ip >= context_.config.smtp_max_connections_per_ip) {
         refuse(std::move(socket), "421 4.7.0 Too many connections from your address, try again later\r\n");
@@ -177,11 +192,19 @@ void Server::session_ended(Session* session, const std::string& ip) {
 
 std::optional<std::string> Server::problem() const {
     if (stopping_) return "shutting down";
+    if (draining_) return "draining";
     if (acceptors_.empty()) return "no SMTP listener";
     for (const auto& acceptor : acceptors_) {
         if (!acceptor->is_open()) return "an SMTP listener is closed";
     }
     return std::nullopt;
+}
+
+void Server::drain() {
+    draining_ = true;
+    for (auto& [raw, weak] : sessions_) {
+        if (auto session = weak.lock()) session->shutdown();
+    }
 }
 
 void Server::stop(std::function<void()> on_idle) {

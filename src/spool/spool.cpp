@@ -428,6 +428,36 @@ InstanceLock::InstanceLock(const fs::path& spool_dir) {
     }
 }
 
+std::optional<long> InstanceLock::holder(const fs::path& spool_dir) {
+    const fs::path path = spool_dir / ".lock";
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return std::nullopt;
+    std::optional<long> pid;
+    if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+        char buf[32] = {};
+        long value = 0;
+        if (::pread(fd, buf, sizeof buf - 1, 0) > 0) {
+            const std::string_view text(buf);
+            std::from_chars(text.data(), text.data() + text.size(), value);
+        }
+        pid = value;
+    }
+    ::close(fd);  // drops the shared lock, when taken
+    return pid;
+}
+
+std::unique_ptr<InstanceLock> InstanceLock::try_take(const fs::path& spool_dir) {
+    std::unique_ptr<InstanceLock> lock(new InstanceLock());
+    const fs::path path = spool_dir / ".lock";
+    lock->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, kFileMode);
+    if (lock->fd_ < 0) throw_error(errno, "open", path);
+    if (::flock(lock->fd_, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK) return nullptr;
+        throw_error(errno, "flock", path);
+    }
+    return lock;
+}
+
 InstanceLock::~InstanceLock() {
     if (fd_ >= 0) ::close(fd_);
 }
@@ -894,6 +924,75 @@ void Spool::requeue(const std::string& id, Clock::time_point now) const {
     pending_sync_->sync();
     sync_dir(layout_.dead);
 }
+
+bool Spool::hand_over(State from, const std::string& id, const fs::path& to_dir) const {
+    const fs::path source = item_path(from, id);
+    if (const int err = rename_noreplace(source, item_dir(to_dir, id)); err != 0) {
+        if (err == ENOENT && !exists_nofollow(source)) return false;
+        throw_error(err, "rename " + source.string() + " to", item_dir(to_dir, id));
+    }
+    sync_dir(to_dir);
+    return true;
+}
+
+namespace {
+
+// A copy of a file whose data is durable before it is published (link() could not be used).
+void copy_file_durable(const fs::path& from, const fs::path& to) {
+    std::error_code ec;
+    fs::copy_file(from, to, fs::copy_options::none, ec);
+    if (ec) throw SpoolError(ec, "copy " + from.string() + " to " + to.string());
+    fs::permissions(to, fs::perms::owner_read | fs::perms::owner_write, ec);
+    Fd fd = open_file(to, O_RDONLY, "open");
+    fsync_fd(fd.get(), to);
+}
+
+}  // namespace
+
+Spool::Imported Spool::import_item(const fs::path& item, const std::string& id, State to) const {
+    if (locate(id)) return Imported::already_here;
+    const fs::path staging = item_dir(layout_.tmp, id);
+    // tmp/ is this spool's own: a leftover of an import cut short is started over.
+    if (exists_nofollow(staging)) remove_tree(staging);
+    if (::mkdir(staging.c_str(), kDirMode) != 0) throw_errno("mkdir", staging);
+    try {
+        for (const std::string& name : list_dir(item, Entries::all)) {
+            const fs::path from = item / name;
+            struct stat st {};
+            if (::lstat(from.c_str(), &st) != 0) throw_errno("stat", from);
+            if (!S_ISREG(st.st_mode)) continue;  // items hold files only
+            // A hard link shares the data the other spool already made durable.
+            if (::link(from.c_str(), (staging / name).c_str()) != 0) {
+                if (errno != EXDEV && errno != EPERM && errno != EMLINK) throw_errno("link", from);
+                copy_file_durable(from, staging / name);
+            }
+        }
+        sync_dir(staging);
+        const fs::path target = item_path(to, id);
+        if (const int err = rename_noreplace(staging, target); err != 0) {
+            if (!target_occupied(err, target)) throw_error(err, "rename " + staging.string() + " to", target);
+            remove_tree(staging);
+            return Imported::already_here;
+        }
+    } catch (...) {
+        std::error_code ignored;
+        fs::remove_all(staging, ignored);
+        throw;
+    }
+    if (to == State::pending) pending_sync_->sync();
+    else sync_dir(to == State::dead ? layout_.dead : layout_.processing);
+    return Imported::imported;
+}
+
+std::vector<std::string> list_item_dirs(const fs::path& dir) {
+    auto names = list_dir(dir, Entries::item_dirs);
+    std::erase_if(names, [](const std::string& name) { return !is_item_name(name); });
+    return names;
+}
+
+void sync_directory(const fs::path& dir) { sync_dir(dir); }
+
+void make_directories(const fs::path& dir) { make_dirs(dir); }
 
 void Spool::purge(const std::string& id) const {
     const fs::path from = item_dir(layout_.dead, id);

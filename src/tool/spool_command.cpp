@@ -1,5 +1,6 @@
 #include "mxhook/tool/spool_command.hpp"
 
+#include "mxhook/spool/adopt.hpp"
 #include "mxhook/spool/meta.hpp"
 #include "mxhook/spool/spool.hpp"
 
@@ -30,6 +31,7 @@ constexpr std::string_view kUsage =
     "  show <id>                               an item's meta.json and header section\n"
     "  requeue <id>... | --all                 dead items back to pending, due now, attempts reset\n"
     "  purge <id>... | --older-than DURATION   delete dead items (needs --yes; DURATION: 90s, 15m, 12h, 7d)\n"
+    "  adopt <dir>                             move another replica's spool (its SPOOL_DIR) into this one\n"
     "exit status: 0 done, 1 an item could not be handled, 2 usage or spool error, 3 purge without --yes\n";
 
 constexpr std::size_t kMaxHeaderBytes = 1024 * 1024;  // `show` stops reading headers here
@@ -403,6 +405,28 @@ std::string human_age(std::chrono::seconds age) {
     return out;
 }
 
+int adopt(const Spool& spool, const fs::path& other, std::ostream& out, std::ostream& err) {
+    spool::AdoptReport report;
+    try {
+        report = spool::adopt(spool, other, [&out](const std::string& id, std::string_view from) {
+            out << "adopted " << id << " (was " << from << ")\n";
+        });
+    } catch (const spool::AdoptError& e) {
+        err << "mxhook spool adopt: " << e.what() << "\n";
+        return kExitUsage;
+    }
+    out << "adopted " << report.adopted() << " item(s) from " << other.string() << ": " << report.from_pending
+        << " pending, " << report.from_processing << " interrupted in flight, " << report.from_dead << " dead";
+    if (report.already_here > 0) out << "; " << report.already_here << " already here (its copy there removed)";
+    out << "\n";
+    if (report.left_in_flight > 0) {
+        out << "left " << report.left_in_flight << " item(s) in " << (other / "processing").string()
+            << ": the mxhook running on it is delivering them (run adopt again once it has stopped)\n";
+    }
+    for (const auto& error : report.errors) err << "mxhook spool adopt: not adopted: " << error << "\n";
+    return report.errors.empty() && report.left_in_flight == 0 ? kExitOk : kExitItemFailed;
+}
+
 int spool_command(const std::vector<std::string>& args, const EnvLookup& env, std::ostream& out, std::ostream& err) {
     if (args.empty()) {
         err << kUsage;
@@ -425,7 +449,7 @@ int spool_command(const std::vector<std::string>& args, const EnvLookup& env, st
         err << "mxhook: configuration error: " << e.what() << "\n";
         return kExitUsage;
     }
-    static constexpr std::array<std::string_view, 5> kCommands{"stats", "list", "show", "requeue", "purge"};
+    static constexpr std::array<std::string_view, 6> kCommands{"stats", "list", "show", "requeue", "purge", "adopt"};
     if (std::find(kCommands.begin(), kCommands.end(), command) == kCommands.end()) {
         err << "mxhook spool " << command << ": unknown command\n" << kUsage;
         return kExitUsage;
@@ -470,6 +494,10 @@ int spool_command(const std::vector<std::string>& args, const EnvLookup& env, st
             if (p.all == !p.operands.empty()) return usage_error("takes ids or --all (not both)");
             if (p.older_than) return usage_error("--older-than is for purge");
             return requeue(spool, p, out, err);
+        }
+        if (command == "adopt") {
+            if (p.operands.size() != 1 || p.all || p.older_than) return usage_error("takes one directory");
+            return adopt(spool, p.operands.front(), out, err);
         }
         if (command == "purge") {
             if (p.older_than.has_value() == !p.operands.empty() || p.all) {

@@ -194,6 +194,16 @@ void Dispatcher::delivery_done(const std::string& id) {
     pump();
 }
 
+void Dispatcher::drain() {
+    if (stopping_) return;
+    drain_since_ = Clock::now();  // again at each request: everything gets one more attempt now
+    // Retry times known in memory would keep items out of the next scan: forget them, and
+    // scan now rather than a RETRY_SCAN_INTERVAL_MS later.
+    not_before_.clear();
+    rescan_ = true;
+    scan_timer_.cancel();
+}
+
 void Dispatcher::stop(std::function<void()> on_idle) {
     stopping_ = true;
     scan_timer_.cancel();
@@ -377,9 +387,15 @@ std::shared_ptr<FormBodySource> open_parsed_body(const spool::Spool& spool, cons
 
 }  // namespace
 
+bool attempt_due(const spool::Meta& meta, Clock::time_point now, std::optional<Clock::time_point> drain_since) {
+    if (!meta.next_attempt_at || *meta.next_attempt_at <= now) return true;
+    return drain_since && (!meta.last_attempt_at || *meta.last_attempt_at < *drain_since);
+}
+
 Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const std::string& id,
                          Clock::time_point now, asio::thread_pool& pool, const asio::any_io_executor& executor,
-                         std::optional<spool::Meta> known, const Routes* routes) {
+                         std::optional<spool::Meta> known, const Routes* routes,
+                         std::optional<Clock::time_point> drain_since) {
     Prepared out;
     const auto claim = [&] {
         try {
@@ -400,7 +416,7 @@ Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const 
         if (permanent(out.failure) && claim()) out.step = Prepared::meta_broken;
         return out;
     }
-    if (out.meta.next_attempt_at && *out.meta.next_attempt_at > now) {
+    if (!attempt_due(out.meta, now, drain_since)) {
         out.step = Prepared::not_due;
         return out;
     }
@@ -466,7 +482,8 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
     // live across a co_await (it destroys them twice).
     const std::shared_ptr<const Routes> routes = routes_ != nullptr ? *routes_ : nullptr;
     auto prepared = co_await run_blocking(pool_, [this, &id, now, &executor, &known, &routes] {
-        return prepare_attempt(spool_, config_, id, now, pool_, executor, std::move(known), routes.get());
+        return prepare_attempt(spool_, config_, id, now, pool_, executor, std::move(known), routes.get(),
+                               drain_since_);
     });
     spool::Meta& meta = prepared.meta;
     http::Response response;

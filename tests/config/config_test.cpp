@@ -64,6 +64,7 @@ TEST(ConfigTest, DefaultsWhenOnlyWebhookUrlIsSet) {
     EXPECT_EQ(c.smtp_bare_lf, BareLfPolicy::normalize);
     EXPECT_EQ(c.smtp_timeout.count(), 300000);
     EXPECT_EQ(c.shutdown_grace.count(), 30000);
+    EXPECT_EQ(c.drain_timeout.count(), 60000);
     EXPECT_TRUE(c.accept_all_recipients);
     EXPECT_TRUE(c.accepted_domains.empty());
     EXPECT_EQ(c.spool_dir, "/var/spool/mxhook");
@@ -210,12 +211,12 @@ TEST(ConfigTest, ErrorLineStaysOneLineWithControlCharacters) {
 const char* const positive_vars[] = {
     "SMTP_MAX_MESSAGE_BYTES", "SMTP_MAX_RECIPIENTS", "SMTP_TIMEOUT_MS",       "SHUTDOWN_GRACE_MS",
     "WEBHOOK_CONCURRENCY",    "WEBHOOK_TIMEOUT_MS",  "RETRY_SCAN_INTERVAL_MS", "RETRY_INTERVAL_MS",
-    "RETRY_MAX_INTERVAL_MS",  "SMTP_MAX_JUNK_COMMANDS",
+    "RETRY_MAX_INTERVAL_MS",  "SMTP_MAX_JUNK_COMMANDS", "DRAIN_TIMEOUT_MS",
 };
 
 TEST(ConfigTest, PositiveIntegersAreRead) {
     auto c = load({{"SMTP_MAX_MESSAGE_BYTES", "1048576"}, {"SMTP_MAX_RECIPIENTS", "1"},
-                   {"SMTP_TIMEOUT_MS", "60000"},         {"SHUTDOWN_GRACE_MS", "5"},
+                   {"SMTP_TIMEOUT_MS", "60000"},         {"SHUTDOWN_GRACE_MS", "5"}, {"DRAIN_TIMEOUT_MS", "1500"},
                    {"WEBHOOK_CONCURRENCY", "4"},          {"WEBHOOK_TIMEOUT_MS", "2500"},
                    {"RETRY_SCAN_INTERVAL_MS", "100"},     {"RETRY_INTERVAL_MS", "1000"},
                    {"RETRY_MAX_INTERVAL_MS", "86400000"}, {"MAX_RETRY_AGE_MS", "604800000"}});
@@ -223,6 +224,7 @@ TEST(ConfigTest, PositiveIntegersAreRead) {
     EXPECT_EQ(c.smtp_max_recipients, 1u);
     EXPECT_EQ(c.smtp_timeout.count(), 60000);
     EXPECT_EQ(c.shutdown_grace.count(), 5);
+    EXPECT_EQ(c.drain_timeout.count(), 1500);
     EXPECT_EQ(c.webhook_concurrency, 4u);
     EXPECT_EQ(c.webhook_timeout.count(), 2500);
     EXPECT_EQ(c.retry_scan_interval.count(), 100);

@@ -2,6 +2,7 @@
 // per test. The tests run as root, so failures are provoked by putting things in the way
 // (a regular file where a directory belongs) or, for fsync, by the fault-injection hook.
 
+#include "mxhook/spool/adopt.hpp"
 #include "mxhook/spool/spool.hpp"
 
 #include <gtest/gtest.h>
@@ -16,6 +17,8 @@
 #include <sstream>
 #include <thread>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
@@ -1001,6 +1004,111 @@ TEST_F(SpoolTest, CommitWithSeveralMetasCleansUpWhenASiblingMetaFsyncFails) {
     EXPECT_TRUE(entries(layout().pending).empty());
     spool().discard(item);
     EXPECT_TRUE(entries(layout().tmp).empty());
+}
+
+// --- adopt: another replica's spool moved into this one ---------------------------------
+
+class AdoptTest : public SpoolTest {
+protected:
+    void SetUp() override {
+        SpoolTest::SetUp();
+        other_dir_ = root_ / "other";
+        other_.emplace(Layout{other_dir_ / "tmp", other_dir_ / "pending", other_dir_ / "processing",
+                              other_dir_ / "dead"});
+        other_->ensure_dirs();
+    }
+    // A message the other replica acknowledged.
+    std::string receive_there(std::string_view body) {
+        const std::string id = new_id();
+        TmpItem item = other_->create(id);
+        other_->append(item, body);
+        other_->commit(item, meta_for(id));
+        return id;
+    }
+    fs::path other_dir_;
+    std::optional<Spool> other_;
+};
+
+TEST_F(AdoptTest, EveryItemMovesInWithItsIdAndBytes) {
+    const auto a = receive_there("Subject: a\r\n\r\na\r\n");
+    const auto b = receive_there("Subject: b\r\n\r\nb\r\n");
+    const auto in_flight = receive_there("Subject: c\r\n\r\nc\r\n");
+    ASSERT_TRUE(other_->claim(in_flight));  // its daemon died during the attempt
+    const auto dead = receive_there("Subject: d\r\n\r\nd\r\n");
+    ASSERT_TRUE(other_->claim(dead));
+    other_->dead_letter(dead, nullptr, "406 from the webhook");
+    const std::string meta_a = slurp(other_dir_ / "pending" / a / "meta.json");
+
+    std::vector<std::string> seen;
+    const AdoptReport report = adopt(spool(), other_dir_, [&seen](const std::string& id, std::string_view from) {
+        seen.push_back(id + " " + std::string(from));
+    });
+    EXPECT_FALSE(report.other_daemon_running);
+    EXPECT_EQ(report.from_pending, 2u);
+    EXPECT_EQ(report.from_processing, 1u);
+    EXPECT_EQ(report.from_dead, 1u);
+    EXPECT_TRUE(report.errors.empty());
+    EXPECT_EQ(seen.size(), 4u);
+    EXPECT_EQ(entries(layout().pending), (std::set<std::string>{a, b, in_flight}));
+    EXPECT_EQ(entries(layout().dead), std::set<std::string>{dead});
+    EXPECT_EQ(slurp(layout().pending / a / "message.eml"), "Subject: a\r\n\r\na\r\n");
+    EXPECT_EQ(slurp(layout().pending / a / "meta.json"), meta_a);
+    EXPECT_EQ(slurp(layout().dead / dead / "error.txt").find("406"), 0u);
+    for (const char* state : {"pending", "processing", "dead", "adopting", "adopting-dead"}) {
+        EXPECT_TRUE(entries(other_dir_ / state).empty()) << state;
+    }
+    // Linked, not shared: the other spool's copy is gone, so this one is alone again.
+    EXPECT_EQ(stat_of(layout().pending / a / "message.eml").st_nlink, 1u);
+    // A second run finds nothing.
+    EXPECT_EQ(adopt(spool(), other_dir_).adopted(), 0u);
+}
+
+TEST_F(AdoptTest, WhileItsDaemonRunsWhatIsInFlightThereStays) {
+    const auto waiting = receive_there("Subject: a\r\n\r\na\r\n");
+    const auto in_flight = receive_there("Subject: b\r\n\r\nb\r\n");
+    ASSERT_TRUE(other_->claim(in_flight));
+    const InstanceLock daemon(other_dir_);
+    const AdoptReport report = adopt(spool(), other_dir_);
+    EXPECT_TRUE(report.other_daemon_running);
+    EXPECT_EQ(report.from_pending, 1u);
+    EXPECT_EQ(report.from_processing, 0u);
+    EXPECT_EQ(report.left_in_flight, 1u);
+    EXPECT_EQ(entries(layout().pending), std::set<std::string>{waiting});
+    EXPECT_EQ(entries(other_dir_ / "processing"), std::set<std::string>{in_flight});
+}
+
+TEST_F(AdoptTest, ARunCutShortIsFinishedWithoutDuplicates) {
+    // Taken from pending/ into the staging directory, then the tool died: adopted next time.
+    fs::create_directories(other_dir_ / "adopting");
+    const auto staged = receive_there("Subject: a\r\n\r\na\r\n");
+    ASSERT_TRUE(other_->hand_over(Spool::State::pending, staged, other_dir_ / "adopting"));
+    // Already imported here when the tool died: only the copy there goes.
+    const auto imported = receive_there("Subject: b\r\n\r\nb\r\n");
+    ASSERT_TRUE(other_->hand_over(Spool::State::pending, imported, other_dir_ / "adopting"));
+    ASSERT_EQ(spool().import_item(other_dir_ / "adopting" / imported, imported, Spool::State::pending),
+              Spool::Imported::imported);
+
+    const AdoptReport report = adopt(spool(), other_dir_);
+    EXPECT_EQ(report.from_pending, 1u);
+    EXPECT_EQ(report.already_here, 1u);
+    EXPECT_EQ(entries(layout().pending), (std::set<std::string>{staged, imported}));
+    EXPECT_TRUE(entries(other_dir_ / "adopting").empty());
+}
+
+TEST_F(AdoptTest, RefusesItsOwnSpoolANonSpoolAndASecondAdopt) {
+    EXPECT_THROW(adopt(spool(), root_ / "spool"), AdoptError);
+    fs::create_directories(root_ / "empty");
+    EXPECT_THROW(adopt(spool(), root_ / "empty"), AdoptError);
+    const int fd = ::open((other_dir_ / ".adopt.lock").c_str(), O_RDWR | O_CREAT, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::flock(fd, LOCK_EX), 0);
+    try {
+        adopt(spool(), other_dir_);
+        ADD_FAILURE() << "a second adopt of the same spool ran";
+    } catch (const AdoptError& e) {
+        EXPECT_NE(std::string(e.what()).find("another"), std::string::npos) << e.what();
+    }
+    ::close(fd);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The spool tool's small parsers and formats; its commands are tested against a spool the
 // real daemon wrote, in tests/integration/spool_tool_test.cpp.
 
+#include "mxhook/tool/drain_command.hpp"
 #include "mxhook/tool/spool_command.hpp"
 
 #include <gtest/gtest.h>
@@ -47,6 +48,25 @@ TEST(SpoolCommand, BadDurationIsAUsageErrorBeforeTheSpoolIsTouched) {
     const auto env = [](std::string_view) { return std::optional<std::string>("/nonexistent/spool"); };
     EXPECT_EQ(spool_command({"purge", "--older-than", "soon"}, env, out, err), kExitUsage);
     EXPECT_NE(err.str().find("not a duration"), std::string::npos) << err.str();
+}
+
+TEST(DrainLeft, WaitsForReceivedPendingAndInFlightButNotDeadLetters) {
+    spool::Census census;
+    census.dead = {2, 4096, std::nullopt};
+    DrainLeft left = drain_left(census);
+    EXPECT_TRUE(left.drained());
+    EXPECT_EQ(describe(left), "nothing left to deliver; 2 dead letter(s) stay in dead/");
+
+    census.tmp = {1, 100, std::nullopt};
+    census.pending = {3, 300, std::nullopt};
+    census.processing = {1, 24, std::nullopt};
+    left = drain_left(census);
+    EXPECT_FALSE(left.drained());
+    EXPECT_EQ(describe(left), "5 message(s) left to deliver (3 pending, 1 in flight, 1 being received; 424 bytes); "
+                              "2 dead letter(s) stay in dead/");
+    census = {};
+    census.tmp = {1, 10, std::nullopt};  // a DATA transaction still running
+    EXPECT_FALSE(drain_left(census).drained());
 }
 
 }  // namespace

@@ -101,6 +101,32 @@ TEST_F(PrepareAttemptTest, RetryNotYetDueStaysInPending) {
     EXPECT_TRUE(in("pending", id));
 }
 
+// A drain (`mxhook drain`) gives every queued message one attempt now, whatever its
+// back-off: an item last tried before the drain began is due; one tried since is not.
+TEST_F(PrepareAttemptTest, DrainMakesARetryDueOnceWhateverItsBackOff) {
+    const auto now = Clock::now();
+    auto meta = meta_for(spool::new_id());
+    meta.attempts = 3;
+    meta.last_attempt_at = now - 10min;
+    meta.next_attempt_at = now + 1h;
+    EXPECT_FALSE(attempt_due(meta, now, std::nullopt));
+    EXPECT_TRUE(attempt_due(meta, now, now - 1s));  // drain began after its last attempt
+    meta.last_attempt_at = now - 500ms;
+    EXPECT_FALSE(attempt_due(meta, now, now - 1s));  // already tried during this drain
+    meta.last_attempt_at.reset();                    // never tried: due in a drain
+    EXPECT_TRUE(attempt_due(meta, now, now - 1s));
+    meta.next_attempt_at = now - 1s;  // due anyway
+    EXPECT_TRUE(attempt_due(meta, now, std::nullopt));
+
+    meta.last_attempt_at = now - 10min;
+    meta.next_attempt_at = now + 1h;
+    const auto id = queue(meta);
+    const auto prepared = prepare_attempt(*spool_, config_, id, now, pool_, io_.get_executor(), std::nullopt, nullptr,
+                                          now - 1s);
+    EXPECT_EQ(prepared.step, Prepared::ready);
+    EXPECT_TRUE(in("processing", id));
+}
+
 TEST_F(PrepareAttemptTest, UnparsableMetaIsClaimedToBeDeadLettered) {
     const auto id = queue(meta_for(spool::new_id()));
     std::ofstream(root_ / "pending" / id / "meta.json", std::ios::trunc) << "{not json";

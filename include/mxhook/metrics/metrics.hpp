@@ -114,6 +114,8 @@ struct Metrics {
     Counter smtp_connections;
     Counter smtp_refused_max_connections;
     Counter smtp_refused_max_connections_per_ip;
+    Counter smtp_refused_draining;   // new connections while draining (421 4.3.2)
+    Gauge draining;                  // 1 from `mxhook drain` (SIGUSR1) on
     CodeCounters smtp_transactions;  // by the reply that ended each DATA transaction
     Counter smtp_received_bytes;     // message bytes (after dot-unstuffing) at end of data
     Histogram smtp_message_size_bytes;

@@ -30,8 +30,14 @@ public:
     // Stops accepting and asks every session to finish; on_idle runs (on the io thread)
     // once the last session has ended, at once if there is none.
     void stop(std::function<void()> on_idle);
+    // Drain (`mxhook drain`, SIGUSR1): the listeners stay open but answer every new
+    // connection 421 4.3.2 (a sender then tries the next MX); idle sessions get 421 now,
+    // a session in DATA finishes its message first. /readyz fails from here on.
+    void drain();
+    bool draining() const { return draining_; }
     std::size_t session_count() const { return sessions_.size(); }
-    // Why no new mail can come in (not listening, stopping), for /readyz; nullopt when it can.
+    // Why no new mail can come in (not listening, stopping, draining), for /readyz; nullopt
+    // when it can.
     std::optional<std::string> problem() const;
 
 private:
@@ -56,6 +62,7 @@ private:
     std::uint64_t next_handshake_ = 0;
     std::function<void()> on_idle_;
     bool stopping_ = false;
+    bool draining_ = false;
 };
 
 }  // namespace mxhook::smtp

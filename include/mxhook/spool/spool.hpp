@@ -131,6 +131,13 @@ struct Census {
     StateCensus tmp, pending, processing, dead;
 };
 
+// Directories in `dir` named like items (is_item_name), e.g. a staging directory. Throws.
+std::vector<std::string> list_item_dirs(const std::filesystem::path& dir);
+// fsync of a directory, so that the entries made or removed in it are durable. Throws.
+void sync_directory(const std::filesystem::path& dir);
+// mkdir -p, each new directory fsynced in its parent. Throws SpoolError.
+void make_directories(const std::filesystem::path& dir);
+
 // The Unix time in milliseconds at the start of an item name ("<unix-ms>-..."), if any.
 std::optional<std::int64_t> id_unix_ms(std::string_view name);
 
@@ -145,7 +152,16 @@ public:
     InstanceLock(const InstanceLock&) = delete;
     InstanceLock& operator=(const InstanceLock&) = delete;
 
+    // Whether a process holds the lock of the spool at spool_dir now, and its pid as it
+    // wrote it in .lock (0 when unreadable); nullopt when nobody holds it (or there is no
+    // .lock). Takes and drops a shared lock to find out.
+    static std::optional<long> holder(const std::filesystem::path& spool_dir);
+    // Takes the lock only if it is free (for `mxhook spool adopt`, which must not race a
+    // daemon starting on the spool it empties); nullptr when another process holds it.
+    static std::unique_ptr<InstanceLock> try_take(const std::filesystem::path& spool_dir);
+
 private:
+    InstanceLock() = default;
     int fd_ = -1;
 };
 
@@ -250,6 +266,19 @@ public:
     // shared with a sibling) is kept there for create() to reuse, up to kRecycleItems of
     // them; anything else is removed at once.
     void remove(const std::string& id) const;
+    // --- adoption (`mxhook spool adopt`): items of another replica's spool moved in ---
+    // Takes an item out of this spool (as the spool another replica adopts): renames
+    // <from>/<id> to to_dir/<id> and fsyncs to_dir. False when the item is gone (its daemon
+    // claimed or delivered it first). Throws SpoolError.
+    bool hand_over(State from, const std::string& id, const std::filesystem::path& to_dir) const;
+    enum class Imported { imported, already_here };
+    // Copies the item directory `item` (another spool's) in as <to>/<id>, keeping its id:
+    // its files are hard-linked into tmp/<id> (copied and fsynced when on another
+    // filesystem), tmp/<id> is fsynced, renamed to <to>/<id>, and <to> fsynced. already_here
+    // when the id is in this spool already (an adoption cut short after this step), nothing
+    // done. The source is left as it is. Throws SpoolError.
+    Imported import_item(const std::filesystem::path& item, const std::string& id, State to) const;
+
     // Removes every recycled item (at a graceful stop). Never throws.
     void drop_recycled() const noexcept;
     static constexpr std::size_t kRecycleItems = 256;

@@ -72,7 +72,14 @@ struct Prepared {
 Prepared prepare_attempt(const spool::Spool& spool, const Config& config, const std::string& id,
                          std::chrono::system_clock::time_point now, boost::asio::thread_pool& pool,
                          const boost::asio::any_io_executor& executor,
-                         std::optional<spool::Meta> known = std::nullopt, const Routes* routes = nullptr);
+                         std::optional<spool::Meta> known = std::nullopt, const Routes* routes = nullptr,
+                         std::optional<std::chrono::system_clock::time_point> drain_since = std::nullopt);
+
+// Whether an item is due at `now`: no next attempt set, or one not ahead of now; while
+// draining (since `drain_since`), also any item not attempted since the drain began, so
+// that each gets one attempt at once whatever its back-off.
+bool attempt_due(const spool::Meta& meta, std::chrono::system_clock::time_point now,
+                 std::optional<std::chrono::system_clock::time_point> drain_since);
 
 class Dispatcher {
 public:
@@ -91,6 +98,11 @@ public:
     // what was committed as its meta.json: its first attempt then skips reading and
     // parsing the file (kept for as long as the item waits in the queue, within a bound).
     void notify(const std::string& id, std::optional<spool::Meta> meta = std::nullopt);
+    // Drain (`mxhook drain`): every item in pending/ gets an attempt now, whatever its
+    // back-off (once; a failed one is then scheduled as usual), so the spool empties as fast
+    // as the webhook allows. Each call starts that over (an operator who fixed the webhook
+    // drains again).
+    void drain();
     // Stops claiming new items; on_idle runs once no delivery is in flight. Items still
     // in processing/ at exit go back to pending/ at the next start.
     void stop(std::function<void()> on_idle);
@@ -149,6 +161,7 @@ private:
     std::size_t known_bytes_ = 0;
     std::size_t in_flight_ = 0;
     bool stopping_ = false;
+    std::optional<std::chrono::system_clock::time_point> drain_since_;
     std::function<void()> on_idle_;
 };
 
