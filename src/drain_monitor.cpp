@@ -19,12 +19,19 @@ constexpr auto kPollInterval = std::chrono::milliseconds(250);
 }
 
 DrainMonitor::DrainMonitor(asio::io_context& io, asio::thread_pool& pool, const spool::Spool& spool,
-                           std::chrono::milliseconds timeout, std::function<std::size_t()> open_sessions)
-    : io_(io), pool_(pool), spool_(spool), timeout_(timeout), open_sessions_(std::move(open_sessions)) {}
+                           std::filesystem::path spool_dir, std::chrono::milliseconds timeout,
+                           std::function<std::size_t()> open_sessions)
+    : io_(io),
+      pool_(pool),
+      spool_(spool),
+      spool_dir_(std::move(spool_dir)),
+      timeout_(timeout),
+      open_sessions_(std::move(open_sessions)) {}
 
 void DrainMonitor::start() {
     started_ = true;
     window_start_ = std::chrono::steady_clock::now();
+    window_started_at_ = std::chrono::system_clock::now();
     if (std::exchange(watching_, true)) return;
     asio::co_spawn(io_, watch(), asio::detached);
 }
@@ -43,20 +50,32 @@ asio::awaitable<void> DrainMonitor::watch() {
             if (left.drained() && sessions == 0) {
                 spdlog::info("drain: done in {} ms: {}", elapsed.count(), tool::describe(left));
                 sd_notify(0, "STATUS=drained: nothing left to deliver, taking no mail");
-                watching_ = false;
+                co_await report(true, tool::describe(left));
                 co_return;
             }
             if (elapsed >= timeout_) {
-                spdlog::warn("drain: DRAIN_TIMEOUT_MS={} passed with {} session(s) open: {}; they stay in the spool, "
-                             "delivered on schedule while this runs, or moved by `mxhook spool adopt`",
-                             timeout_.count(), sessions, tool::describe(left));
+                spdlog::warn("drain: DRAIN_TIMEOUT_MS={} passed: {}; they stay in the spool, delivered on schedule "
+                             "while this runs, or moved by `mxhook spool adopt`",
+                             timeout_.count(), tool::describe(left, sessions));
                 sd_notify(0, "STATUS=drain timed out: messages left in the spool, taking no mail");
-                watching_ = false;
+                co_await report(false, tool::describe(left, sessions));
                 co_return;
             }
         }
         timer.expires_after(kPollInterval);
         co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
+asio::awaitable<void> DrainMonitor::report(bool drained, std::string summary) {
+    watching_ = false;
+    const tool::DrainStatus status{
+        std::chrono::duration_cast<std::chrono::milliseconds>(window_started_at_.time_since_epoch()).count(), drained,
+        std::move(summary)};
+    const auto written = co_await try_blocking(pool_, [this, &status] { tool::write_drain_status(spool_dir_, status); });
+    if (!written) {
+        spdlog::warn("drain: cannot write {} for `mxhook drain`: {}", tool::drain_status_path(spool_dir_).string(),
+                     written.failure().message);
     }
 }
 

@@ -286,7 +286,8 @@ int run(const Config& config) {
     wait_hangup();
 
     // SIGUSR1 (`mxhook drain`): take no more mail, deliver what is queued now, report.
-    DrainMonitor drain(io, pool, spool, config.drain_timeout, [&server] { return server.session_count(); });
+    DrainMonitor drain(io, pool, spool, config.spool_dir, config.drain_timeout,
+                       [&server] { return server.session_count(); });
     std::function<void()> wait_usr1 = [&] {
         usr1.async_wait([&](const boost::system::error_code& ec, int) {
             if (ec) return;
@@ -393,7 +394,7 @@ int main(int argc, char** argv) {
         std::cerr << "mxhook: configuration error: " << e.what() << std::endl;
         return 2;
     }
-    if (command == "healthcheck") return run_healthcheck(config.smtp_listen, std::chrono::seconds(5));
+    if (command == "healthcheck") return run_healthcheck(config, std::chrono::seconds(5));
     if (command == "drain") return tool::drain_command(config, std::cout, std::cerr);
     setup_logging(config);
     try {

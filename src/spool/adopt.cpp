@@ -51,7 +51,7 @@ private:
 }  // namespace
 
 AdoptReport adopt(const Spool& own, const fs::path& other_dir,
-                  const std::function<void(const std::string& id, std::string_view from)>& on_item) {
+                  const std::function<void(const std::string& id, std::string_view from, bool imported)>& on_item) {
     using State = Spool::State;
     const Spool other({other_dir / "tmp", other_dir / "pending", other_dir / "processing", other_dir / "dead"});
     const Layout& theirs = other.layout();
@@ -65,7 +65,7 @@ AdoptReport adopt(const Spool& own, const fs::path& other_dir,
     const AdoptLock adopt_lock(other_dir);
     // Held for the whole run when free, so that no daemon starts on <dir> meanwhile (its
     // start-up recovery would move processing/ under our feet).
-    const auto daemon_lock = InstanceLock::try_take(other_dir);
+    const auto daemon_lock = InstanceLock::try_take_for_adopt(other_dir);
     AdoptReport report;
     report.other_daemon_running = daemon_lock == nullptr;
 
@@ -77,10 +77,10 @@ AdoptReport adopt(const Spool& own, const fs::path& other_dir,
     const auto bring_in = [&](const fs::path& from_dir, const std::string& id, State to, std::string_view origin,
                               std::size_t& count) {
         try {
-            if (own.import_item(from_dir / id, id, to) == Spool::Imported::already_here) ++report.already_here;
-            else ++count;
+            const bool imported = own.import_item(from_dir / id, id, to) == Spool::Imported::imported;
+            ++(imported ? count : report.already_here);
             fs::remove_all(from_dir / id);
-            if (on_item) on_item(id, origin);
+            if (on_item) on_item(id, origin, imported);
         } catch (const std::exception& e) {
             report.errors.push_back(id + ": " + e.what());
         }

@@ -428,25 +428,26 @@ InstanceLock::InstanceLock(const fs::path& spool_dir) {
     }
 }
 
-std::optional<long> InstanceLock::holder(const fs::path& spool_dir) {
+std::optional<InstanceLock::Holder> InstanceLock::holder(const fs::path& spool_dir) {
     const fs::path path = spool_dir / ".lock";
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return std::nullopt;
-    std::optional<long> pid;
+    std::optional<Holder> found;
     if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
-        char buf[32] = {};
-        long value = 0;
+        char buf[64] = {};
+        found.emplace();
         if (::pread(fd, buf, sizeof buf - 1, 0) > 0) {
             const std::string_view text(buf);
-            std::from_chars(text.data(), text.data() + text.size(), value);
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), found->pid);
+            if (ec != std::errc()) found->pid = 0;
+            found->adopting = std::string_view(end, text.data() + text.size()).starts_with(" adopt");
         }
-        pid = value;
     }
     ::close(fd);  // drops the shared lock, when taken
-    return pid;
+    return found;
 }
 
-std::unique_ptr<InstanceLock> InstanceLock::try_take(const fs::path& spool_dir) {
+std::unique_ptr<InstanceLock> InstanceLock::try_take_for_adopt(const fs::path& spool_dir) {
     std::unique_ptr<InstanceLock> lock(new InstanceLock());
     const fs::path path = spool_dir / ".lock";
     lock->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, kFileMode);
@@ -454,6 +455,10 @@ std::unique_ptr<InstanceLock> InstanceLock::try_take(const fs::path& spool_dir) 
     if (::flock(lock->fd_, LOCK_EX | LOCK_NB) != 0) {
         if (errno == EWOULDBLOCK) return nullptr;
         throw_error(errno, "flock", path);
+    }
+    const std::string who = std::to_string(::getpid()) + " adopt\n";
+    if (::ftruncate(lock->fd_, 0) == 0) {
+        [[maybe_unused]] const ssize_t written = ::pwrite(lock->fd_, who.data(), who.size(), 0);
     }
     return lock;
 }

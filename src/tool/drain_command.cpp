@@ -2,18 +2,25 @@
 
 #include "mxhook/tool/spool_command.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <iterator>
+#include <system_error>
 #include <thread>
 
 #include <signal.h>
 
 namespace mxhook::tool {
+namespace fs = std::filesystem;
 namespace {
 
-// How often the spool is counted while waiting: a census is one readdir per state.
-constexpr auto kPollInterval = std::chrono::milliseconds(200);
+// How often the daemon's report is looked for.
+constexpr auto kPollInterval = std::chrono::milliseconds(100);
+// How much longer than DRAIN_TIMEOUT_MS the daemon's report is waited for.
+constexpr auto kReportGrace = std::chrono::seconds(10);
 
 // The command name of a process, from /proc; empty when there is no such process here.
 std::string process_name(long pid) {
@@ -35,7 +42,7 @@ DrainLeft drain_left(const spool::Census& census) {
     return left;
 }
 
-std::string describe(const DrainLeft& left) {
+std::string describe(const DrainLeft& left, std::size_t sessions) {
     std::string text;
     if (left.drained()) {
         text = "nothing left to deliver";
@@ -45,8 +52,60 @@ std::string describe(const DrainLeft& left) {
                std::to_string(left.receiving) + " being received; " + std::to_string(left.bytes) + " bytes)";
     }
     if (left.dead > 0) text += "; " + std::to_string(left.dead) + " dead letter(s) stay in dead/";
+    if (sessions > 0) text += "; " + std::to_string(sessions) + " SMTP session(s) still open";
     return text;
 }
+
+fs::path drain_status_path(const fs::path& spool_dir) { return spool_dir / ".drain"; }
+
+std::string to_json(const DrainStatus& status) {
+    return nlohmann::json{{"since", status.since_unix_ms}, {"drained", status.drained}, {"summary", status.summary}}
+               .dump() +
+           "\n";
+}
+
+std::optional<DrainStatus> parse_drain_status(std::string_view text) {
+    const auto doc = nlohmann::json::parse(text, nullptr, false);
+    if (!doc.is_object()) return std::nullopt;
+    const auto since = doc.find("since");
+    const auto drained = doc.find("drained");
+    const auto summary = doc.find("summary");
+    if (since == doc.end() || !since->is_number_integer() || drained == doc.end() || !drained->is_boolean() ||
+        summary == doc.end() || !summary->is_string()) {
+        return std::nullopt;
+    }
+    return DrainStatus{since->get<std::int64_t>(), drained->get<bool>(), summary->get<std::string>()};
+}
+
+void write_drain_status(const fs::path& spool_dir, const DrainStatus& status) {
+    const fs::path path = drain_status_path(spool_dir);
+    const fs::path next = spool_dir / ".drain.next";
+    {
+        std::ofstream out(next, std::ios::binary | std::ios::trunc);
+        out << to_json(status);
+        out.close();
+        if (!out) throw std::system_error(errno, std::system_category(), "write " + next.string());
+    }
+    fs::rename(next, path);
+}
+
+namespace {
+
+std::int64_t unix_ms(std::chrono::system_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+// The daemon's report on the request made at asked_ms, when it has written one.
+std::optional<DrainStatus> report_since(const fs::path& spool_dir, std::int64_t asked_ms) {
+    std::ifstream in(drain_status_path(spool_dir), std::ios::binary);
+    if (!in) return std::nullopt;
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto status = parse_drain_status(text);
+    if (!status || status->since_unix_ms < asked_ms) return std::nullopt;  // an earlier drain's
+    return status;
+}
+
+}  // namespace
 
 int drain_command(const Config& config, std::ostream& out, std::ostream& err) {
     const spool::Spool spool({config.spool_tmp_dir, config.spool_pending_dir, config.spool_processing_dir,
@@ -56,43 +115,57 @@ int drain_command(const Config& config, std::ostream& out, std::ostream& err) {
         return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started)
             .count();
     };
+    const std::string left_behind = "; they stay in " + config.spool_dir.string() +
+                                    ": this replica delivers them when it runs again, or `mxhook spool adopt` moves "
+                                    "them to another\n";
     try {
         const auto owner = spool::InstanceLock::holder(config.spool_dir);
         if (!owner) {
-            // Nobody delivers: say what is there and whether that is a problem.
-            const DrainLeft left = drain_left(spool.census());
+            // Nobody delivers: say what is there and whether that is a problem. What is in
+            // tmp/ was never acknowledged (the next start removes it): not left behind.
+            DrainLeft left = drain_left(spool.census());
+            left.receiving = 0;
             out << "drain: no mxhook runs on " << config.spool_dir.string() << "; " << describe(left) << "\n";
             return left.drained() ? kExitOk : kExitItemFailed;
         }
+        if (owner->adopting) {
+            err << "mxhook drain: " << config.spool_dir.string() << " is being adopted by `mxhook spool adopt` (pid "
+                << owner->pid << "); no mxhook daemon runs on it\n";
+            return kExitUsage;
+        }
         // The pid in .lock is the daemon's in its own PID namespace: from outside its
         // container it names some other process, which must not get the signal.
-        if (*owner <= 0 || !process_name(*owner).starts_with("mxhook")) {
-            err << "mxhook drain: " << (config.spool_dir / ".lock").string() << " names pid " << *owner
+        if (owner->pid <= 0 || !process_name(owner->pid).starts_with("mxhook")) {
+            err << "mxhook drain: " << (config.spool_dir / ".lock").string() << " names pid " << owner->pid
                 << ", which is not an mxhook process here (run `mxhook drain` where the daemon runs, e.g. inside "
                    "its container)\n";
             return kExitUsage;
         }
-        if (::kill(static_cast<pid_t>(*owner), SIGUSR1) != 0) {
-            err << "mxhook drain: cannot signal pid " << *owner << ": " << std::strerror(errno) << "\n";
+        const std::int64_t asked_ms = unix_ms(std::chrono::system_clock::now());
+        if (::kill(static_cast<pid_t>(owner->pid), SIGUSR1) != 0) {
+            err << "mxhook drain: cannot signal pid " << owner->pid << ": " << std::strerror(errno) << "\n";
             return kExitUsage;
         }
-        out << "drain: asked mxhook (pid " << *owner << ") to drain " << config.spool_dir.string()
+        out << "drain: asked mxhook (pid " << owner->pid << ") to drain " << config.spool_dir.string()
             << "; waiting up to DRAIN_TIMEOUT_MS=" << config.drain_timeout.count() << " ms" << std::endl;
-        for (;;) {
-            const DrainLeft left = drain_left(spool.census());
-            if (left.drained()) {
-                out << "drain: " << describe(left) << " after " << elapsed_ms() << " ms\n";
-                return kExitOk;
-            }
-            if (std::chrono::steady_clock::now() - started >= config.drain_timeout) {
-                out << "drain: DRAIN_TIMEOUT_MS=" << config.drain_timeout.count() << " passed: " << describe(left)
-                    << "; they stay in " << config.spool_dir.string()
-                    << ": this replica delivers them when it runs again, or `mxhook spool adopt` moves them to "
-                       "another\n";
+        // The daemon reports at the end of its window; a daemon that never does (stuck,
+        // or killed) is waited for a little longer, then the spool speaks for it.
+        const auto deadline = started + config.drain_timeout + kReportGrace;
+        while (std::chrono::steady_clock::now() < deadline) {
+            if (const auto status = report_since(config.spool_dir, asked_ms)) {
+                if (status->drained) {
+                    out << "drain: done after " << elapsed_ms() << " ms: " << status->summary << "\n";
+                    return kExitOk;
+                }
+                out << "drain: DRAIN_TIMEOUT_MS=" << config.drain_timeout.count() << " passed: " << status->summary
+                    << left_behind;
                 return kExitItemFailed;
             }
             std::this_thread::sleep_for(kPollInterval);
         }
+        out << "drain: mxhook (pid " << owner->pid << ") did not report within " << elapsed_ms()
+            << " ms: " << describe(drain_left(spool.census())) << left_behind;
+        return kExitItemFailed;
     } catch (const std::exception& e) {
         err << "mxhook drain: " << e.what() << "\n";
         return kExitUsage;

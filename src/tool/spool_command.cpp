@@ -408,8 +408,9 @@ std::string human_age(std::chrono::seconds age) {
 int adopt(const Spool& spool, const fs::path& other, std::ostream& out, std::ostream& err) {
     spool::AdoptReport report;
     try {
-        report = spool::adopt(spool, other, [&out](const std::string& id, std::string_view from) {
-            out << "adopted " << id << " (was " << from << ")\n";
+        report = spool::adopt(spool, other, [&out, &other](const std::string& id, std::string_view from, bool imported) {
+            if (imported) out << "adopted " << id << " (was " << from << ")\n";
+            else out << "already here " << id << " (its copy in " << other.string() << " removed)\n";
         });
     } catch (const spool::AdoptError& e) {
         err << "mxhook spool adopt: " << e.what() << "\n";

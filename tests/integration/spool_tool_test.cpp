@@ -67,18 +67,9 @@ RunResult run_tool(const std::vector<std::string>& args, const Env& env, std::ch
     result.command = "mxhook";
     for (const auto& a : args) result.command += " " + a;
 
-    // Prepared before fork: after it, only async-signal-safe calls in the child.
-    std::string binary = mxhook_binary();
-    std::vector<std::string> argv_strings{binary};
-    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : argv_strings) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    std::vector<std::string> env_strings;
-    for (const auto& [key, value] : env) env_strings.push_back(key + "=" + value);
-    std::vector<char*> envp;
-    for (auto& e : env_strings) envp.push_back(e.data());
-    envp.push_back(nullptr);
+    std::vector<std::string> argv{mxhook_binary()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    ExecArgs exec(std::move(argv), env);
 
     int out_pipe[2];
     int err_pipe[2];
@@ -91,7 +82,7 @@ RunResult run_tool(const std::vector<std::string>& args, const Env& env, std::ch
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0) throw std::system_error(errno, std::generic_category(), "fork");
-    if (pid == 0) exec_child(parent, out_pipe[1], err_pipe[1], argv.data(), envp.data());
+    if (pid == 0) exec_child(parent, out_pipe[1], err_pipe[1], exec.argv(), exec.envp());
     ::close(out_pipe[1]);
     ::close(err_pipe[1]);
 

@@ -1040,9 +1040,14 @@ TEST_F(AdoptTest, EveryItemMovesInWithItsIdAndBytes) {
     const std::string meta_a = slurp(other_dir_ / "pending" / a / "meta.json");
 
     std::vector<std::string> seen;
-    const AdoptReport report = adopt(spool(), other_dir_, [&seen](const std::string& id, std::string_view from) {
-        seen.push_back(id + " " + std::string(from));
-    });
+    bool locked_as_adopt = true;  // `mxhook drain` must not take the adopt for a daemon
+    const AdoptReport report =
+        adopt(spool(), other_dir_, [&](const std::string& id, std::string_view from, bool imported) {
+            if (imported) seen.push_back(id + " " + std::string(from));
+            const auto holder = InstanceLock::holder(other_dir_);
+            locked_as_adopt = locked_as_adopt && holder && holder->adopting && holder->pid == ::getpid();
+        });
+    EXPECT_TRUE(locked_as_adopt);
     EXPECT_FALSE(report.other_daemon_running);
     EXPECT_EQ(report.from_pending, 2u);
     EXPECT_EQ(report.from_processing, 1u);

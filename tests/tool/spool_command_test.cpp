@@ -69,5 +69,18 @@ TEST(DrainLeft, WaitsForReceivedPendingAndInFlightButNotDeadLetters) {
     EXPECT_FALSE(drain_left(census).drained());
 }
 
+TEST(DrainStatus, RoundTripsAndRejectsWhatIsNotOne) {
+    const DrainStatus status{1795951670376, false, "2 message(s) left to deliver; 1 SMTP session(s) still open"};
+    const auto parsed = parse_drain_status(to_json(status));
+    ASSERT_TRUE(parsed.has_value());
+    EXPECT_EQ(parsed->since_unix_ms, status.since_unix_ms);
+    EXPECT_FALSE(parsed->drained);
+    EXPECT_EQ(parsed->summary, status.summary);
+    for (const char* bad : {"", "{", "[]", "{\"since\":1,\"drained\":true}", "{\"since\":\"1\",\"drained\":true,\"summary\":\"\"}"}) {
+        EXPECT_FALSE(parse_drain_status(bad).has_value()) << bad;
+    }
+    EXPECT_EQ(describe(DrainLeft{}, 2), "nothing left to deliver; 2 SMTP session(s) still open");
+}
+
 }  // namespace
 }  // namespace mxhook::tool

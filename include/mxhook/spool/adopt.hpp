@@ -42,8 +42,9 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-// on_item(id, state it came from) after each item is here, for the operator's log.
+// on_item(id, state it came from, imported) after each item is here, for the operator's
+// log; imported false: it was here already, only the other copy was removed.
 AdoptReport adopt(const Spool& own, const std::filesystem::path& other_dir,
-                  const std::function<void(const std::string& id, std::string_view from)>& on_item = {});
+                  const std::function<void(const std::string& id, std::string_view from, bool imported)>& on_item = {});
 
 }  // namespace mxhook::spool

@@ -152,13 +152,19 @@ public:
     InstanceLock(const InstanceLock&) = delete;
     InstanceLock& operator=(const InstanceLock&) = delete;
 
-    // Whether a process holds the lock of the spool at spool_dir now, and its pid as it
-    // wrote it in .lock (0 when unreadable); nullopt when nobody holds it (or there is no
-    // .lock). Takes and drops a shared lock to find out.
-    static std::optional<long> holder(const std::filesystem::path& spool_dir);
-    // Takes the lock only if it is free (for `mxhook spool adopt`, which must not race a
-    // daemon starting on the spool it empties); nullptr when another process holds it.
-    static std::unique_ptr<InstanceLock> try_take(const std::filesystem::path& spool_dir);
+    // Who holds the lock of the spool at spool_dir now, as it wrote itself in .lock: the
+    // daemon ("<pid>"), or `mxhook spool adopt` emptying the spool ("<pid> adopt"). pid 0
+    // when unreadable; nullopt when nobody holds it (or there is no .lock). Takes and drops
+    // a shared lock to find out.
+    struct Holder {
+        long pid = 0;
+        bool adopting = false;
+    };
+    static std::optional<Holder> holder(const std::filesystem::path& spool_dir);
+    // Takes the lock only if it is free, and writes "<pid> adopt" in it (for `mxhook spool
+    // adopt`, which must not race a daemon starting on the spool it empties, and must not
+    // be taken for that daemon by `mxhook drain`); nullptr when another process holds it.
+    static std::unique_ptr<InstanceLock> try_take_for_adopt(const std::filesystem::path& spool_dir);
 
 private:
     InstanceLock() = default;

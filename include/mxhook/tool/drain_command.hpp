@@ -1,7 +1,7 @@
 #pragma once
 // `mxhook drain`: tells the daemon that owns SPOOL_DIR to drain (SIGUSR1: it takes no more
-// mail and tries every queued message now), waits until nothing is left to deliver or
-// DRAIN_TIMEOUT_MS passes, and says what is left. A Kubernetes preStop hook, or an
+// mail and tries every queued message now), waits for its report (nothing left to deliver
+// and no session open, or DRAIN_TIMEOUT_MS passed), and says what is left. A Kubernetes preStop hook, or an
 // operator before removing a replica, runs it.
 //
 // Exit statuses:
@@ -13,9 +13,13 @@
 #include "mxhook/spool/spool.hpp"
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <filesystem>
+#include <optional>
 #include <ostream>
 #include <string>
+#include <string_view>
 
 namespace mxhook::tool {
 
@@ -31,8 +35,24 @@ struct DrainLeft {
 };
 DrainLeft drain_left(const spool::Census& census);
 // "3 message(s) left to deliver (2 pending, 1 in flight, 0 being received; 4096 bytes)"
-// or "nothing left to deliver", then "; 2 dead letter(s) stay in dead/" when there are some.
-std::string describe(const DrainLeft& left);
+// or "nothing left to deliver", then "; 2 dead letter(s) stay in dead/" when there are some,
+// and "; 1 SMTP session(s) still open" when sessions > 0.
+std::string describe(const DrainLeft& left, std::size_t sessions = 0);
+
+// The daemon's report of a drain, in SPOOL_DIR/.drain (JSON, replaced atomically at the
+// end of each drain window): how `mxhook drain` learns the outcome, open sessions
+// included (a message still in DATA may be in no file yet).
+struct DrainStatus {
+    std::int64_t since_unix_ms = 0;  // when the daemon got the drain request this answers
+    bool drained = false;            // nothing left to deliver and no session open
+    std::string summary;             // describe()
+};
+std::filesystem::path drain_status_path(const std::filesystem::path& spool_dir);
+std::string to_json(const DrainStatus& status);
+std::optional<DrainStatus> parse_drain_status(std::string_view text);  // nullopt when malformed
+// Writes the status beside its final name and renames it over (readers never see half).
+// Blocking; throws std::system_error.
+void write_drain_status(const std::filesystem::path& spool_dir, const DrainStatus& status);
 
 int drain_command(const Config& config, std::ostream& out, std::ostream& err);
 

@@ -113,16 +113,18 @@ Daemon::~Daemon() {
     ::_exit(127);
 }
 
+ExecArgs::ExecArgs(std::vector<std::string> args, const Env& env) : args_(std::move(args)) {
+    for (const auto& [key, value] : env) env_.push_back(key + "=" + value);
+    for (auto& a : args_) argv_.push_back(a.data());
+    argv_.push_back(nullptr);
+    for (auto& e : env_) envp_.push_back(e.data());
+    envp_.push_back(nullptr);
+}
+
 void Daemon::start() {
     if (pid_ > 0) throw std::logic_error("daemon already running");
     // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
-    std::vector<std::string> env_strings;
-    for (const auto& [key, value] : env_) env_strings.push_back(key + "=" + value);
-    std::vector<char*> envp;
-    for (auto& entry : env_strings) envp.push_back(entry.data());
-    envp.push_back(nullptr);
-    std::string argv0 = binary_;
-    char* argv[] = {argv0.data(), nullptr};
+    ExecArgs exec({binary_}, env_);
     const std::string log = log_path_.string();
     const std::string err = stderr_path_ ? stderr_path_->string() : log;
 
@@ -142,7 +144,7 @@ void Daemon::start() {
         ::close(err_fd);
         throw std::system_error(errno, std::generic_category(), "fork");
     }
-    if (pid == 0) exec_child(parent, out_fd, err_fd, argv, envp.data());
+    if (pid == 0) exec_child(parent, out_fd, err_fd, exec.argv(), exec.envp());
     ::close(out_fd);
     ::close(err_fd);
     pid_ = pid;

@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace itest {
 
@@ -28,6 +29,21 @@ struct ExitStatus {
 // descriptors, no other descriptor inherited, default signals, then execve. Dies with the
 // parent. Never returns.
 [[noreturn]] void exec_child(pid_t parent, int out_fd, int err_fd, char* const argv[], char* const envp[]);
+
+// The argument and environment vectors execve takes, made before fork (after it, only
+// async-signal-safe calls): "KEY=value" for each entry of env.
+class ExecArgs {
+public:
+    ExecArgs(std::vector<std::string> args, const Env& env);
+    ExecArgs(const ExecArgs&) = delete;
+    ExecArgs& operator=(const ExecArgs&) = delete;
+    char* const* argv() { return argv_.data(); }
+    char* const* envp() { return envp_.data(); }
+
+private:
+    std::vector<std::string> args_, env_;
+    std::vector<char*> argv_, envp_;
+};
 
 class Daemon {
 public:
