@@ -19,60 +19,75 @@ constexpr auto kPollInterval = std::chrono::milliseconds(250);
 }
 
 DrainMonitor::DrainMonitor(asio::io_context& io, asio::thread_pool& pool, const spool::Spool& spool,
-                           std::filesystem::path spool_dir, std::chrono::milliseconds timeout,
-                           std::function<std::size_t()> open_sessions)
+                           std::filesystem::path spool_dir, std::function<Activity()> activity)
     : io_(io),
       pool_(pool),
       spool_(spool),
       spool_dir_(std::move(spool_dir)),
-      timeout_(timeout),
-      open_sessions_(std::move(open_sessions)) {}
+      activity_(std::move(activity)) {}
 
-void DrainMonitor::start() {
+void DrainMonitor::start(std::chrono::milliseconds timeout, std::string token) {
     started_ = true;
+    timeout_ = timeout;
+    token_ = std::move(token);
     window_start_ = std::chrono::steady_clock::now();
-    window_started_at_ = std::chrono::system_clock::now();
     if (std::exchange(watching_, true)) return;
-    asio::co_spawn(io_, watch(), asio::detached);
+    // A watch that ends by an exception must not leave later drains without one.
+    asio::co_spawn(io_, watch(), [this](const std::exception_ptr& error) {
+        if (!error) return;
+        watching_ = false;
+        try {
+            std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+            spdlog::error("drain: watching the spool failed: {}", e.what());
+        }
+    });
 }
 
 asio::awaitable<void> DrainMonitor::watch() {
     asio::steady_timer timer(io_);
     for (;;) {
+        // Drained only when nothing moved while the spool was counted: no session open
+        // (none can open while draining), no attempt in flight or launched meanwhile.
+        const Activity before = activity_();
         const auto counted = co_await try_blocking(pool_, [this] { return spool_.census(); });
+        const Activity after = activity_();
         const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
             std::chrono::steady_clock::now() - window_start_);
+        std::string summary;
         if (!counted) {
             spdlog::warn("drain: cannot count the spool: {}", counted.failure().message);
+            summary = "the spool cannot be counted: " + counted.failure().message;
         } else {
             const tool::DrainLeft left = tool::drain_left(*counted);
-            const std::size_t sessions = open_sessions_();
-            if (left.drained() && sessions == 0) {
-                spdlog::info("drain: done in {} ms: {}", elapsed.count(), tool::describe(left));
+            const bool quiet = before == after && after.sessions == 0 && after.in_flight == 0;
+            summary = tool::describe(left, after.sessions);
+            if (left.drained() && quiet) {
+                spdlog::info("drain: done in {} ms: {}", elapsed.count(), summary);
                 sd_notify(0, "STATUS=drained: nothing left to deliver, taking no mail");
-                co_await report(true, tool::describe(left));
+                co_await report(true, summary);
                 co_return;
             }
-            if (elapsed >= timeout_) {
-                spdlog::warn("drain: DRAIN_TIMEOUT_MS={} passed: {}; they stay in the spool, delivered on schedule "
-                             "while this runs, or moved by `mxhook spool adopt`",
-                             timeout_.count(), tool::describe(left, sessions));
-                sd_notify(0, "STATUS=drain timed out: messages left in the spool, taking no mail");
-                co_await report(false, tool::describe(left, sessions));
-                co_return;
-            }
+        }
+        if (elapsed >= timeout_) {
+            spdlog::warn("drain: DRAIN_TIMEOUT_MS={} passed: {}; they stay in the spool, delivered on schedule "
+                         "while this runs, or moved by `mxhook spool adopt`",
+                         timeout_.count(), summary);
+            sd_notify(0, "STATUS=drain timed out: messages left in the spool, taking no mail");
+            co_await report(false, summary);
+            co_return;
         }
         timer.expires_after(kPollInterval);
         co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
     }
 }
 
-asio::awaitable<void> DrainMonitor::report(bool drained, std::string summary) {
+asio::awaitable<void> DrainMonitor::report(bool drained, const std::string& summary) {
     watching_ = false;
-    const tool::DrainStatus status{
-        std::chrono::duration_cast<std::chrono::milliseconds>(window_started_at_.time_since_epoch()).count(), drained,
-        std::move(summary)};
-    const auto written = co_await try_blocking(pool_, [this, &status] { tool::write_drain_status(spool_dir_, status); });
+    const tool::DrainStatus status{token_, drained, summary};
+    const auto written = co_await try_blocking(pool_, [this, &status] {
+        tool::replace_file(tool::drain_status_path(spool_dir_), tool::to_json(status));
+    });
     if (!written) {
         spdlog::warn("drain: cannot write {} for `mxhook drain`: {}", tool::drain_status_path(spool_dir_).string(),
                      written.failure().message);

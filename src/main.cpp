@@ -11,6 +11,7 @@
 #include "mxhook/metrics/server.hpp"
 #include "mxhook/smtp/server.hpp"
 #include "mxhook/smtp/tls.hpp"
+#include "mxhook/spool/adopt.hpp"
 #include "mxhook/spool/disk_guard.hpp"
 #include "mxhook/spool/spool.hpp"
 #include "mxhook/tool/drain_command.hpp"
@@ -112,8 +113,19 @@ int run(const Config& config) {
                         config.spool_dead_dir});
     spool.ensure_dirs();
     const spool::InstanceLock lock(config.spool_dir);
+    // The last run's drain report answers no request of this one (`mxhook drain` waits
+    // for a report newer than its request, but clocks can step back).
+    {
+        std::error_code ignored;
+        std::filesystem::remove(tool::drain_status_path(config.spool_dir), ignored);
+    }
     tool::check_spool_layout({config.spool_dir, config.spool_tmp_dir, config.spool_pending_dir,
                               config.spool_processing_dir, config.spool_dead_dir});
+    if (const std::size_t returned = spool::return_unfinished_adoption(spool, config.spool_dir); returned > 0) {
+        spdlog::warn("spool: {} item(s) an unfinished `mxhook spool adopt` of this spool had taken are back in "
+                     "pending/ or dead/ (delivered here; twice if that adopt had already moved them)",
+                     returned);
+    }
     const auto recovered = spool.recover(config.max_interrupted_attempts);
     for (const auto& name : recovered.removed_tmp_names) {
         // "<id>.delivered": a delivered item that was on its way out or kept for reuse.
@@ -286,23 +298,32 @@ int run(const Config& config) {
     wait_hangup();
 
     // SIGUSR1 (`mxhook drain`): take no more mail, deliver what is queued now, report.
-    DrainMonitor drain(io, pool, spool, config.spool_dir, config.drain_timeout,
-                       [&server] { return server.session_count(); });
+    DrainMonitor drain(io, pool, spool, config.spool_dir, [&server, &dispatcher] {
+        return DrainMonitor::Activity{server.session_count(), dispatcher.in_flight(), dispatcher.launched()};
+    });
+    const auto begin_drain = [&](const std::optional<tool::DrainRequest>& request) {
+        // Again while draining: one more attempt for everything now, a new window.
+        const auto timeout = request ? request->timeout : config.drain_timeout;
+        spdlog::info("received SIGUSR1: {}: taking no more mail (421 4.3.2, /readyz 503), trying every queued "
+                     "message now, for up to {} ms ({} session(s) open, {} delivery(ies) in flight)",
+                     drain.started() ? "draining again" : "draining", timeout.count(), server.session_count(),
+                     dispatcher.in_flight());
+        sd_notify(0, "STATUS=draining: taking no mail, delivering the spool");
+        metrics::global().draining.set(1);
+        server.drain();
+        dispatcher.drain();
+        drain.start(timeout, request ? request->token : std::string());
+    };
     std::function<void()> wait_usr1 = [&] {
         usr1.async_wait([&](const boost::system::error_code& ec, int) {
             if (ec) return;
-            // Again while draining: one more attempt for everything now, a new window.
-            spdlog::info("received SIGUSR1: {}: taking no more mail (421 4.3.2, /readyz 503), trying every queued "
-                         "message now, for up to DRAIN_TIMEOUT_MS={} ms ({} session(s) open, {} delivery(ies) in "
-                         "flight)",
-                         drain.started() ? "draining again" : "draining", config.drain_timeout.count(),
-                         server.session_count(), dispatcher.in_flight());
-            sd_notify(0, "STATUS=draining: taking no mail, delivering the spool");
-            metrics::global().draining.set(1);
-            server.drain();
-            dispatcher.drain();
-            drain.start();
-            wait_usr1();
+            wait_usr1();  // first: a handler that throws must not leave later drains unheard
+            // `mxhook drain` left its request (token, DRAIN_TIMEOUT_MS) in the spool: read on
+            // the pool, the drain begun back on this thread.
+            boost::asio::post(pool, [&] {
+                auto request = tool::take_drain_request(config.spool_dir);
+                boost::asio::post(io, [&begin_drain, request = std::move(request)] { begin_drain(request); });
+            });
         });
     };
     wait_usr1();

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -21,28 +22,36 @@ namespace mxhook {
 
 class DrainMonitor {
 public:
+    // What else than the spool tells whether mail is still on its way: sessions open (a
+    // message in DATA may be in no file yet), attempts in flight and attempts launched so
+    // far (an attempt moves its item between directories while they are counted).
+    struct Activity {
+        std::size_t sessions = 0;
+        std::size_t in_flight = 0;
+        std::uint64_t launched = 0;
+        bool operator==(const Activity&) const = default;
+    };
     DrainMonitor(boost::asio::io_context& io, boost::asio::thread_pool& pool, const spool::Spool& spool,
-                 std::filesystem::path spool_dir, std::chrono::milliseconds timeout,
-                 std::function<std::size_t()> open_sessions);
-    // Starts watching; while it watches, a new start() begins the DRAIN_TIMEOUT_MS window
-    // again (and reports once, at its end).
-    void start();
+                 std::filesystem::path spool_dir, std::function<Activity()> activity);
+    // Starts watching for `timeout`, answering the request `token` (empty: a bare SIGUSR1);
+    // while it watches, a new start() begins a new window (and reports once, at its end).
+    void start(std::chrono::milliseconds timeout, std::string token);
     bool started() const { return started_; }
 
 private:
     boost::asio::awaitable<void> watch();
-    boost::asio::awaitable<void> report(bool drained, std::string summary);
+    boost::asio::awaitable<void> report(bool drained, const std::string& summary);
 
     boost::asio::io_context& io_;
     boost::asio::thread_pool& pool_;
     const spool::Spool& spool_;
     std::filesystem::path spool_dir_;
-    std::chrono::milliseconds timeout_;
-    std::function<std::size_t()> open_sessions_;
+    std::chrono::milliseconds timeout_{0};
+    std::string token_;
+    std::function<Activity()> activity_;
     bool started_ = false;
     bool watching_ = false;
     std::chrono::steady_clock::time_point window_start_;
-    std::chrono::system_clock::time_point window_started_at_;  // the same, for the report
 };
 
 }  // namespace mxhook

@@ -74,21 +74,38 @@ AdoptReport adopt(const Spool& own, const fs::path& other_dir,
     make_directories(staging);
     make_directories(staging_dead);
 
-    const auto bring_in = [&](const fs::path& from_dir, const std::string& id, State to, std::string_view origin,
-                              std::size_t& count) {
+    // Brings one staged item in. When that fails, the item goes back where it came from in
+    // the other spool (its daemon, or a next adopt, delivers it): the staging directories are
+    // only for items on their way.
+    const auto bring_in = [&](const fs::path& from_dir, const std::string& id, State to, const fs::path& back_to,
+                              std::string_view origin, std::size_t& count) {
+        bool imported = false;
         try {
-            const bool imported = own.import_item(from_dir / id, id, to) == Spool::Imported::imported;
-            ++(imported ? count : report.already_here);
-            fs::remove_all(from_dir / id);
-            if (on_item) on_item(id, origin, imported);
+            imported = own.import_item(from_dir / id, id, to) == Spool::Imported::imported;
         } catch (const std::exception& e) {
             report.errors.push_back(id + ": " + e.what());
+            std::error_code back;
+            fs::rename(from_dir / id, back_to / id, back);
+            if (back) report.errors.push_back(id + ": left in " + from_dir.string() + ": " + back.message());
+            return;
         }
+        ++(imported ? count : report.already_here);
+        if (on_item) on_item(id, origin, imported);
+        // It is here now: the other copy goes, renamed to a dot-name first so that a removal
+        // cut short leaves nothing that looks like an item.
+        std::error_code ec;
+        const fs::path gone = from_dir / (".gone-" + id);
+        fs::rename(from_dir / id, gone, ec);
+        if (!ec) fs::remove_all(gone, ec);
+        if (ec) report.warnings.push_back(id + ": adopted, but its copy in " + from_dir.string() +
+                                          " was not removed: " + ec.message());
     };
     // Leftovers of a run cut short first: they were taken from <dir>'s state directories.
-    for (const auto& id : list_item_dirs(staging)) bring_in(staging, id, State::pending, "adopting", report.from_pending);
+    for (const auto& id : list_item_dirs(staging)) {
+        bring_in(staging, id, State::pending, theirs.pending, "adopting", report.from_pending);
+    }
     for (const auto& id : list_item_dirs(staging_dead)) {
-        bring_in(staging_dead, id, State::dead, "adopting-dead", report.from_dead);
+        bring_in(staging_dead, id, State::dead, theirs.dead, "adopting-dead", report.from_dead);
     }
     const auto take = [&](State from, std::string_view name, const fs::path& to_dir, State to, std::size_t& count) {
         const auto ids = from == State::pending      ? other.list_pending()
@@ -102,7 +119,7 @@ AdoptReport adopt(const Spool& own, const fs::path& other_dir,
                 report.errors.push_back(id + ": " + e.what());
                 continue;
             }
-            bring_in(to_dir, id, to, name, count);
+            bring_in(to_dir, id, to, from == State::dead ? theirs.dead : theirs.pending, name, count);
         }
     };
     take(State::pending, "pending", staging, State::pending, report.from_pending);
@@ -117,6 +134,30 @@ AdoptReport adopt(const Spool& own, const fs::path& other_dir,
     sync_directory(staging);
     sync_directory(staging_dead);
     return report;
+}
+
+std::size_t return_unfinished_adoption(const Spool& spool, const fs::path& spool_dir) {
+    const fs::path staging = spool_dir / kStaging;
+    const fs::path staging_dead = spool_dir / kStagingDead;
+    std::error_code ec;
+    if (!fs::is_directory(staging, ec) && !fs::is_directory(staging_dead, ec)) return 0;
+    std::unique_ptr<AdoptLock> lock;
+    try {
+        lock = std::make_unique<AdoptLock>(spool_dir);
+    } catch (const AdoptError&) {
+        return 0;  // an adopt runs: the items are its
+    }
+    std::size_t moved = 0;
+    const auto give_back = [&](const fs::path& from, const fs::path& to) {
+        if (!fs::is_directory(from, ec)) return;
+        for (const auto& id : list_item_dirs(from)) {
+            if (::rename((from / id).c_str(), (to / id).c_str()) == 0) ++moved;
+        }
+        sync_directory(to);
+    };
+    give_back(staging, spool.layout().pending);
+    give_back(staging_dead, spool.layout().dead);
+    return moved;
 }
 
 }  // namespace mxhook::spool

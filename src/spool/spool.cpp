@@ -955,10 +955,16 @@ void copy_file_durable(const fs::path& from, const fs::path& to) {
 }  // namespace
 
 Spool::Imported Spool::import_item(const fs::path& item, const std::string& id, State to) const {
+    // Staged under a dot-name in tmp/: start-up recovery removes tmp/<id> (an item never
+    // acknowledged here) but leaves names it does not give alone, so a daemon restarting
+    // on this spool mid-import cannot empty the item on its way in.
+    const fs::path staging = layout_.tmp / (".import-" + item_dir(layout_.tmp, id).filename().string());
+    if (exists_nofollow(staging)) remove_tree(staging);  // left by an import cut short
     if (locate(id)) return Imported::already_here;
-    const fs::path staging = item_dir(layout_.tmp, id);
-    // tmp/ is this spool's own: a leftover of an import cut short is started over.
-    if (exists_nofollow(staging)) remove_tree(staging);
+    for (const char* required : {kMessageFile, kMetaFile}) {
+        // A torn item (a removal cut short) is not imported as if it were a message.
+        if (!exists_nofollow(item / required)) throw_error(ENOENT, "no " + std::string(required) + " in", item);
+    }
     if (::mkdir(staging.c_str(), kDirMode) != 0) throw_errno("mkdir", staging);
     try {
         for (const std::string& name : list_dir(item, Entries::all)) {

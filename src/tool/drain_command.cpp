@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
+#include <random>
 #include <csignal>
 #include <cstring>
 #include <fstream>
@@ -12,6 +14,7 @@
 #include <thread>
 
 #include <signal.h>
+#include <unistd.h>
 
 namespace mxhook::tool {
 namespace fs = std::filesystem;
@@ -57,52 +60,103 @@ std::string describe(const DrainLeft& left, std::size_t sessions) {
 }
 
 fs::path drain_status_path(const fs::path& spool_dir) { return spool_dir / ".drain"; }
+fs::path drain_request_path(const fs::path& spool_dir) { return spool_dir / ".drain-request"; }
 
 std::string to_json(const DrainStatus& status) {
-    return nlohmann::json{{"since", status.since_unix_ms}, {"drained", status.drained}, {"summary", status.summary}}
-               .dump() +
+    return nlohmann::json{{"token", status.token}, {"drained", status.drained}, {"summary", status.summary}}.dump() +
            "\n";
+}
+
+std::string to_json(const DrainRequest& request) {
+    return nlohmann::json{{"token", request.token}, {"timeoutMs", request.timeout.count()}}.dump() + "\n";
 }
 
 std::optional<DrainStatus> parse_drain_status(std::string_view text) {
     const auto doc = nlohmann::json::parse(text, nullptr, false);
     if (!doc.is_object()) return std::nullopt;
-    const auto since = doc.find("since");
+    const auto token = doc.find("token");
     const auto drained = doc.find("drained");
     const auto summary = doc.find("summary");
-    if (since == doc.end() || !since->is_number_integer() || drained == doc.end() || !drained->is_boolean() ||
+    if (token == doc.end() || !token->is_string() || drained == doc.end() || !drained->is_boolean() ||
         summary == doc.end() || !summary->is_string()) {
         return std::nullopt;
     }
-    return DrainStatus{since->get<std::int64_t>(), drained->get<bool>(), summary->get<std::string>()};
+    return DrainStatus{token->get<std::string>(), drained->get<bool>(), summary->get<std::string>()};
 }
 
-void write_drain_status(const fs::path& spool_dir, const DrainStatus& status) {
-    const fs::path path = drain_status_path(spool_dir);
-    const fs::path next = spool_dir / ".drain.next";
+std::optional<DrainRequest> parse_drain_request(std::string_view text) {
+    const auto doc = nlohmann::json::parse(text, nullptr, false);
+    if (!doc.is_object()) return std::nullopt;
+    const auto token = doc.find("token");
+    const auto timeout = doc.find("timeoutMs");
+    if (token == doc.end() || !token->is_string() || timeout == doc.end() || !timeout->is_number_integer() ||
+        timeout->get<std::int64_t>() <= 0) {
+        return std::nullopt;
+    }
+    return DrainRequest{token->get<std::string>(), std::chrono::milliseconds(timeout->get<std::int64_t>())};
+}
+
+void replace_file(const fs::path& path, std::string_view text) {
+    static std::atomic<std::uint64_t> writes{0};
+    const fs::path next = path.string() + ".next." + std::to_string(::getpid()) + "." + std::to_string(++writes);
     {
         std::ofstream out(next, std::ios::binary | std::ios::trunc);
-        out << to_json(status);
+        out << text;
         out.close();
-        if (!out) throw std::system_error(errno, std::system_category(), "write " + next.string());
+        if (!out) throw std::runtime_error("cannot write " + next.string());
     }
-    fs::rename(next, path);
+    std::error_code ec;
+    fs::rename(next, path, ec);
+    if (ec) {
+        std::error_code ignored;
+        fs::remove(next, ignored);
+        throw std::system_error(ec, "rename to " + path.string());
+    }
 }
 
 namespace {
 
-std::int64_t unix_ms(std::chrono::system_clock::time_point t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+std::optional<std::string> read_small_file(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::string text;
+    text.resize(4096);  // a request or a report is a line; more is not one
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    text.resize(static_cast<std::size_t>(in.gcount()));
+    return text;
 }
 
-// The daemon's report on the request made at asked_ms, when it has written one.
-std::optional<DrainStatus> report_since(const fs::path& spool_dir, std::int64_t asked_ms) {
-    std::ifstream in(drain_status_path(spool_dir), std::ios::binary);
-    if (!in) return std::nullopt;
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    auto status = parse_drain_status(text);
-    if (!status || status->since_unix_ms < asked_ms) return std::nullopt;  // an earlier drain's
+}  // namespace
+
+std::optional<DrainRequest> take_drain_request(const fs::path& spool_dir) noexcept {
+    try {
+        const fs::path path = drain_request_path(spool_dir);
+        const auto text = read_small_file(path);
+        if (!text) return std::nullopt;
+        std::error_code ignored;
+        fs::remove(path, ignored);
+        return parse_drain_request(*text);
+    } catch (...) {
+        return std::nullopt;
+    }
+}
+
+namespace {
+
+// The daemon's answer to the request with this token, once it has written it.
+std::optional<DrainStatus> report_for(const fs::path& spool_dir, const std::string& token) {
+    const auto text = read_small_file(drain_status_path(spool_dir));
+    if (!text) return std::nullopt;
+    auto status = parse_drain_status(*text);
+    if (!status || status->token != token) return std::nullopt;  // another drain's
     return status;
+}
+
+// Unique enough to tell two requests apart: the clock, the pid and a random number.
+std::string new_token() {
+    std::random_device random;
+    return std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) + "-" +
+           std::to_string(::getpid()) + "-" + std::to_string(random());
 }
 
 }  // namespace
@@ -141,7 +195,8 @@ int drain_command(const Config& config, std::ostream& out, std::ostream& err) {
                    "its container)\n";
             return kExitUsage;
         }
-        const std::int64_t asked_ms = unix_ms(std::chrono::system_clock::now());
+        const DrainRequest request{new_token(), config.drain_timeout};
+        replace_file(drain_request_path(config.spool_dir), to_json(request));
         if (::kill(static_cast<pid_t>(owner->pid), SIGUSR1) != 0) {
             err << "mxhook drain: cannot signal pid " << owner->pid << ": " << std::strerror(errno) << "\n";
             return kExitUsage;
@@ -152,7 +207,7 @@ int drain_command(const Config& config, std::ostream& out, std::ostream& err) {
         // or killed) is waited for a little longer, then the spool speaks for it.
         const auto deadline = started + config.drain_timeout + kReportGrace;
         while (std::chrono::steady_clock::now() < deadline) {
-            if (const auto status = report_since(config.spool_dir, asked_ms)) {
+            if (const auto status = report_for(config.spool_dir, request.token)) {
                 if (status->drained) {
                     out << "drain: done after " << elapsed_ms() << " ms: " << status->summary << "\n";
                     return kExitOk;

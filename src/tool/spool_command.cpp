@@ -425,6 +425,7 @@ int adopt(const Spool& spool, const fs::path& other, std::ostream& out, std::ost
             << ": the mxhook running on it is delivering them (run adopt again once it has stopped)\n";
     }
     for (const auto& error : report.errors) err << "mxhook spool adopt: not adopted: " << error << "\n";
+    for (const auto& warning : report.warnings) err << "mxhook spool adopt: warning: " << warning << "\n";
     return report.errors.empty() && report.left_in_flight == 0 ? kExitOk : kExitItemFailed;
 }
 

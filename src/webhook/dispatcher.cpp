@@ -143,6 +143,7 @@ void Dispatcher::launch(std::string id) {
         known = std::move(node.mapped().first);
     }
     ++in_flight_;
+    ++launched_;
     asio::co_spawn(io_, deliver(std::move(id), std::move(known)), asio::detached);
 }
 
@@ -481,9 +482,11 @@ awaitable<void> Dispatcher::attempt(const std::string& id, std::optional<spool::
     // Captures are references only: g++ 12 mishandles non-trivial temporaries that
     // live across a co_await (it destroys them twice).
     const std::shared_ptr<const Routes> routes = routes_ != nullptr ? *routes_ : nullptr;
-    auto prepared = co_await run_blocking(pool_, [this, &id, now, &executor, &known, &routes] {
+    // Read on the pool: a copy, as drain() may change the member meanwhile on this thread.
+    const std::optional<Clock::time_point> drain_since = drain_since_;
+    auto prepared = co_await run_blocking(pool_, [this, &id, now, &executor, &known, &routes, &drain_since] {
         return prepare_attempt(spool_, config_, id, now, pool_, executor, std::move(known), routes.get(),
-                               drain_since_);
+                               drain_since);
     });
     spool::Meta& meta = prepared.meta;
     http::Response response;

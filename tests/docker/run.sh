@@ -23,39 +23,25 @@
 # debian:bookworm is missing and cannot be pulled, make it with debootstrap
 # --variant=minbase and tag it debian:bookworm-slim too; take the Compose v2 plugin from
 # Debian trixie through a private apt state directory (the system's apt sources and state
-# are not touched). Every wait is bounded.
+# are not touched). Every wait is bounded. That part, and the image build, live in
+# tests/docker/engine.sh, shared with tests/scale/run.sh.
+#
+# MXHOOK_DOCKER_TEST_THEN="COMMAND": after this test passed, run COMMAND (e.g.
+# tests/scale/run.sh) on the same engine and image, before the cleanup; its failure fails
+# this script. scripts/test uses it so both tests cost one engine start and one build.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 started_at=$SECONDS
 
-say() { printf '[docker-test %3ds] %s\n' "$((SECONDS - started_at))" "$*"; }
-ok() { say "ok - $*"; }
-skip() { echo "SKIPPED: $*"; exit 0; }
-fail() { echo "FAILED: $*" >&2; exit 1; }
-
-# wait_until SECONDS DESCRIPTION COMMAND...: runs COMMAND every 0.5 s until it succeeds.
-wait_until() {
-  local limit=$1 what=$2
-  shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@"; do
-    if ((SECONDS >= deadline)); then
-      say "timed out after ${limit}s waiting for: $what"
-      return 1
-    fi
-    sleep 0.5
-  done
-}
+log_tag=docker-test
+# shellcheck source=tests/docker/engine.sh
+. "$here/engine.sh"
 
 [ "$(id -u)" -eq 0 ] || skip "docker end-to-end test needs root (to install and start Docker); running as uid $(id -u)"
 
-# One run at a time on a machine: a second run would share (and stop) the first one's daemon.
-lock_dir=/run/lock
-[ -d "$lock_dir" ] || lock_dir=/tmp
-exec 9>"$lock_dir/mxhook-docker-test.lock"
-flock -w 1800 9 || fail "another tests/docker/run.sh held $lock_dir/mxhook-docker-test.lock for 30 minutes"
+engine_lock
 
 work=$(mktemp -d /tmp/mxhook-docker-test.XXXXXX)
 chmod 755 "$work"
@@ -63,13 +49,8 @@ run_id=$(basename "$work" | tr -dc 'a-z0-9' | tail -c 6)
 run_id=${run_id:-$$}
 project="mxhook-dt-$run_id"
 export MXHOOK_IMAGE="mxhook-docker-test:$run_id"
-dockerd_pid=""
-docker0_ours=0
 webhook_pid=""
 compose_up=0
-image_built=0
-created_images=()
-docker_bin=""
 
 cleanup() {
   local rc=$?
@@ -98,17 +79,7 @@ cleanup() {
     [ -n "$ids" ] && timeout 60 "$docker_bin" volume rm -f $ids >/dev/null 2>&1
     ids=$(timeout 30 "$docker_bin" network ls -q --filter "label=com.docker.compose.project=$project" 2>/dev/null)
     [ -n "$ids" ] && timeout 60 "$docker_bin" network rm $ids >/dev/null 2>&1
-    if [ "$image_built" = 1 ] || timeout 30 "$docker_bin" image inspect "$MXHOOK_IMAGE" >/dev/null 2>&1; then
-      timeout 60 "$docker_bin" rmi -f "$MXHOOK_IMAGE" >/dev/null 2>&1
-    fi
-    if [ -n "$dockerd_pid" ] && [ "${MXHOOK_DOCKER_TEST_KEEP_BASE:-0}" != 1 ]; then
-      # Our own daemon: its build cache and dangling build layers are ours too.
-      timeout 120 "$docker_bin" builder prune -af >/dev/null 2>&1
-      timeout 60 "$docker_bin" image prune -f >/dev/null 2>&1
-    fi
-    if [ "${MXHOOK_DOCKER_TEST_KEEP_BASE:-0}" != 1 ] && [ ${#created_images[@]} -gt 0 ]; then
-      timeout 60 "$docker_bin" rmi "${created_images[@]}" >/dev/null 2>&1
-    fi
+    engine_remove_images
     local left
     left=$(timeout 30 "$docker_bin" ps -aq --filter "label=com.docker.compose.project=$project" 2>/dev/null)
     left+=$(timeout 30 "$docker_bin" volume ls -q --filter "label=com.docker.compose.project=$project" 2>/dev/null)
@@ -117,19 +88,7 @@ cleanup() {
       [ "$rc" -eq 0 ] && rc=1
     fi
   fi
-  if [ -n "$dockerd_pid" ]; then
-    kill -TERM "$dockerd_pid" 2>/dev/null
-    local deadline=$((SECONDS + 40))
-    while kill -0 "$dockerd_pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
-    if kill -0 "$dockerd_pid" 2>/dev/null; then
-      say "dockerd (pid $dockerd_pid) did not stop within 40 s; killing it"
-      kill -KILL "$dockerd_pid" 2>/dev/null
-    fi
-    wait "$dockerd_pid" 2>/dev/null
-    say "stopped the dockerd this test started (pid $dockerd_pid)"
-    # The default bridge it made (its iptables chains stay, as after any dockerd).
-    [ "$docker0_ours" = 1 ] && ip link delete docker0 2>/dev/null
-  fi
+  engine_stop
   rm -rf "$work"
   if [ "$rc" -eq 0 ]; then
     say "cleaned up"
@@ -140,17 +99,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-export DEBIAN_FRONTEND=noninteractive
-apt_updated=0
-apt_install() {
-  if [ "$apt_updated" = 0 ]; then
-    timeout 300 apt-get update -qq >/dev/null 2>&1 || say "apt-get update failed; trying the cached package lists"
-    apt_updated=1
-  fi
-  timeout 900 apt-get install -y -qq --no-install-recommends "$@" >"$work/apt.log" 2>&1
-}
-have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-
 # ---- tools on the host --------------------------------------------------------------------
 need=()
 for p in swaks libnet-ssleay-perl openssl python3 ca-certificates; do have_pkg "$p" || need+=("$p"); done
@@ -160,105 +108,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python=$(command -v python3)
 
-# ---- a Docker engine ----------------------------------------------------------------------
-# The CLI on PATH may be newer than Debian's daemon: that is fine as long as it negotiates
-# the daemon's API version down; otherwise Debian's own /usr/bin/docker is used.
-pick_docker() {
-  local candidate
-  for candidate in "$(command -v docker 2>/dev/null)" /usr/bin/docker; do
-    [ -n "$candidate" ] && [ -x "$candidate" ] || continue
-    if timeout 30 "$candidate" info >/dev/null 2>&1 && timeout 30 "$candidate" version >/dev/null 2>&1; then
-      docker_bin=$candidate
-      return 0
-    fi
-  done
-  return 1
-}
-
-if ! pick_docker; then
-  if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
-    say "installing docker.io debootstrap"
-    apt_install docker.io debootstrap || skip "Docker cannot be installed (apt-get install docker.io debootstrap failed: $(tail -1 "$work/apt.log"))"
-  fi
-  command -v dockerd >/dev/null 2>&1 || skip "Docker cannot be started: no dockerd after installing docker.io"
-  ip link show docker0 >/dev/null 2>&1 || docker0_ours=1
-  say "starting dockerd (log: $work/dockerd.log)"
-  dockerd >"$work/dockerd.log" 2>&1 9>&- &
-  dockerd_pid=$!
-  deadline=$((SECONDS + 60))
-  until pick_docker; do
-    if ! kill -0 "$dockerd_pid" 2>/dev/null || ((SECONDS >= deadline)); then
-      reason=$(grep -E 'level=(error|fatal)|failed' "$work/dockerd.log" | tail -2 | tr '\n' ' ')
-      skip "Docker cannot be started here (dockerd did not answer within 60 s): ${reason:-see dockerd log}"
-    fi
-    sleep 0.5
-  done
-  pick_docker # the daemon is up: prefer the CLI on PATH again
-fi
-say "docker: client $("$docker_bin" version --format '{{.Client.Version}}') ($docker_bin), daemon $("$docker_bin" version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
-
-# ---- Compose v2 (>= 2.24 for an optional env_file) ----------------------------------------
-compose_ok() {
-  local v
-  v=$(timeout 30 "$docker_bin" compose version --short 2>/dev/null) || return 1
-  v=${v#v}
-  local major=${v%%.*} rest=${v#*.}
-  local minor=${rest%%.*}
-  [[ $major =~ ^[0-9]+$ && $minor =~ ^[0-9]+$ ]] || return 1
-  ((major > 2 || (major == 2 && minor >= 24)))
-}
-if ! compose_ok; then
-  say "fetching the Compose v2 plugin from Debian trixie (private apt state in $work/apt)"
-  a=$work/apt
-  mkdir -p "$a/lists/partial" "$a/cache/archives/partial" "$a/deb" "$a/x"
-  mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n' | grep -v security | head -1)
-  mirror=${mirror:-http://deb.debian.org/debian}
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" >"$a/sources.list"
-  apt_private=(-o "Dir::Etc::sourcelist=$a/sources.list" -o "Dir::Etc::sourceparts=-"
-    -o "Dir::State::Lists=$a/lists" -o "Dir::Cache=$a/cache" -o "APT::Sandbox::User=root")
-  timeout 300 apt-get -qq "${apt_private[@]}" update >"$a/log" 2>&1 || skip "Compose v2 cannot be had: apt-get update of trixie failed: $(tail -1 "$a/log")"
-  (cd "$a/deb" && timeout 300 apt-get -qq "${apt_private[@]}" download docker-compose) >>"$a/log" 2>&1 ||
-    skip "Compose v2 cannot be had: apt-get download docker-compose (trixie) failed: $(tail -1 "$a/log")"
-  dpkg -x "$a"/deb/docker-compose_*.deb "$a/x"
-  export DOCKER_CONFIG=$work/docker-config
-  mkdir -p "$DOCKER_CONFIG/cli-plugins"
-  install -m 0755 "$a/x/usr/libexec/docker/cli-plugins/docker-compose" "$DOCKER_CONFIG/cli-plugins/docker-compose"
-  compose_ok || skip "Compose v2 >= 2.24 is not available (trixie's plugin does not run here)"
-fi
-say "compose: $("$docker_bin" compose version)"
-compose() { timeout "${COMPOSE_TIMEOUT:-180}" "$docker_bin" compose -p "$project" "$@"; }
-
-# ---- base images: pulled when a registry answers, else made with debootstrap ---------------
-try_pull() { timeout 180 "$docker_bin" pull -q "$1" >/dev/null 2>&1; }
-if ! "$docker_bin" image inspect debian:bookworm >/dev/null 2>&1; then
-  if try_pull debian:bookworm; then
-    say "pulled debian:bookworm"
-  else
-    command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap ||
-      skip "debian:bookworm cannot be pulled and debootstrap cannot be installed"
-    mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n' | grep -v security | head -1)
-    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $3 ~ /^bookworm/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
-    mirror=${mirror:-http://deb.debian.org/debian}
-    say "no registry: making debian:bookworm with debootstrap --variant=minbase from $mirror"
-    timeout 900 debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
-      skip "debian:bookworm cannot be pulled and debootstrap failed: $(tail -1 "$work/debootstrap.log")"
-    # As in Debian's own images: no downloaded .debs, no package lists.
-    rm -rf "$work"/rootfs/var/cache/apt/archives/*.deb "$work"/rootfs/var/lib/apt/lists/*
-    tar -C "$work/rootfs" -c . | "$docker_bin" import - debian:bookworm >/dev/null
-    rm -rf "$work/rootfs"
-  fi
-  created_images+=(debian:bookworm)
-fi
-if ! "$docker_bin" image inspect debian:bookworm-slim >/dev/null 2>&1; then
-  if try_pull debian:bookworm-slim; then
-    say "pulled debian:bookworm-slim"
-  else
-    "$docker_bin" tag debian:bookworm debian:bookworm-slim
-    say "tagged debian:bookworm as debian:bookworm-slim"
-  fi
-  created_images+=(debian:bookworm-slim)
-fi
-ok "base images debian:bookworm and debian:bookworm-slim present"
+engine_start
 
 # The optional scanners (profile scan) are not built here (rspamd and ClamAV images from
 # Debian packages, and ClamAV's signatures need the internet); their part of the file must
@@ -270,23 +120,7 @@ ok "base images debian:bookworm and debian:bookworm-slim present"
 ok "docker-compose.yml --profile scan (rspamd, clamd) is valid Compose"
 
 # ---- build --------------------------------------------------------------------------------
-say "building $MXHOOK_IMAGE (compiles mxhook and runs its unit tests in the build stage; minutes)"
-build_start=$SECONDS
-image_built=1
-(cd "$repo" && COMPOSE_TIMEOUT=2700 compose -f docker-compose.yml -f docker-compose.build.yml build --progress plain) \
-  >"$work/build.log" 2>&1 || {
-  tail -60 "$work/build.log" | sed 's/^/    /'
-  fail "image build failed"
-}
-build_seconds=$((SECONDS - build_start))
-image_bytes=$("$docker_bin" image inspect -f '{{.Size}}' "$MXHOOK_IMAGE")
-base_bytes=$("$docker_bin" image inspect -f '{{.Size}}' debian:bookworm-slim)
-image_mb=$(((image_bytes + 500000) / 1000000))
-added_mb=$(((image_bytes - base_bytes + 500000) / 1000000))
-unit_line=$(grep -c 'PASSED' "$work/build.log" || true)
-ok "image built in ${build_seconds}s: $MXHOOK_IMAGE is ${image_mb} MB (${added_mb} MB on top of debian:bookworm-slim); $unit_line unit-test suites passed in the build stage"
-[ "$("$docker_bin" image inspect -f '{{.Config.User}}' "$MXHOOK_IMAGE")" = "10025:10025" ] || fail "image does not run as 10025:10025"
-ok "image runs as user 10025:10025"
+engine_build_image
 
 # ---- the test webhook on the host ---------------------------------------------------------
 # Listen only on the address host.docker.internal stands for (the daemon's host-gateway).
@@ -490,3 +324,8 @@ compose_up=0
 ok "docker compose down -v removed the container, network and spool volume"
 
 say "PASSED: docker end-to-end test (image ${image_mb} MB, build ${build_seconds}s, total $((SECONDS - started_at))s before cleanup)"
+
+if [ -n "${MXHOOK_DOCKER_TEST_THEN:-}" ]; then
+  # shellcheck disable=SC2086 # a command line on purpose
+  engine_shared_run $MXHOOK_DOCKER_TEST_THEN || fail "$MXHOOK_DOCKER_TEST_THEN failed on the engine of the docker test"
+fi

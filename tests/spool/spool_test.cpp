@@ -1100,6 +1100,47 @@ TEST_F(AdoptTest, ARunCutShortIsFinishedWithoutDuplicates) {
     EXPECT_TRUE(entries(other_dir_ / "adopting").empty());
 }
 
+// An item that cannot be imported (here: torn, its message.eml gone) goes back to the other
+// spool's pending/, where its daemon or a next adopt finds it, not left in adopting/.
+TEST_F(AdoptTest, AnItemThatCannotBeImportedGoesBack) {
+    const auto good = receive_there("Subject: a\r\n\r\na\r\n");
+    const auto torn = receive_there("Subject: b\r\n\r\nb\r\n");
+    fs::remove(other_dir_ / "pending" / torn / "message.eml");
+    const AdoptReport report = adopt(spool(), other_dir_);
+    EXPECT_EQ(report.from_pending, 1u);
+    ASSERT_EQ(report.errors.size(), 1u);
+    EXPECT_NE(report.errors.front().find(torn), std::string::npos) << report.errors.front();
+    EXPECT_EQ(entries(layout().pending), std::set<std::string>{good});
+    EXPECT_EQ(entries(other_dir_ / "pending"), std::set<std::string>{torn});
+    EXPECT_TRUE(entries(other_dir_ / "adopting").empty());
+    EXPECT_TRUE(entries(layout().tmp).empty());  // no staging left behind here either
+}
+
+// An adopt that died with items in the other spool's adopting/: when that spool's own
+// daemon starts again, they are its again (delivered and counted there).
+TEST_F(AdoptTest, ADaemonStartingTakesBackWhatAnUnfinishedAdoptTook) {
+    const auto taken = receive_there("Subject: a\r\n\r\na\r\n");
+    const auto dead = receive_there("Subject: d\r\n\r\nd\r\n");
+    ASSERT_TRUE(other_->claim(dead));
+    other_->dead_letter(dead, nullptr, "406");
+    fs::create_directories(other_dir_ / "adopting");
+    fs::create_directories(other_dir_ / "adopting-dead");
+    ASSERT_TRUE(other_->hand_over(Spool::State::pending, taken, other_dir_ / "adopting"));
+    ASSERT_TRUE(other_->hand_over(Spool::State::dead, dead, other_dir_ / "adopting-dead"));
+    {
+        // An adopt still running: its items are left to it.
+        const int fd = ::open((other_dir_ / ".adopt.lock").c_str(), O_RDWR | O_CREAT, 0600);
+        ASSERT_GE(fd, 0);
+        ASSERT_EQ(::flock(fd, LOCK_EX), 0);
+        EXPECT_EQ(return_unfinished_adoption(*other_, other_dir_), 0u);
+        ::close(fd);
+    }
+    EXPECT_EQ(return_unfinished_adoption(*other_, other_dir_), 2u);
+    EXPECT_EQ(entries(other_dir_ / "pending"), std::set<std::string>{taken});
+    EXPECT_EQ(entries(other_dir_ / "dead"), std::set<std::string>{dead});
+    EXPECT_EQ(return_unfinished_adoption(spool(), root_ / "spool"), 0u);  // nothing to do: no adopting/
+}
+
 TEST_F(AdoptTest, RefusesItsOwnSpoolANonSpoolAndASecondAdopt) {
     EXPECT_THROW(adopt(spool(), root_ / "spool"), AdoptError);
     fs::create_directories(root_ / "empty");

@@ -69,15 +69,25 @@ TEST(DrainLeft, WaitsForReceivedPendingAndInFlightButNotDeadLetters) {
     EXPECT_FALSE(drain_left(census).drained());
 }
 
-TEST(DrainStatus, RoundTripsAndRejectsWhatIsNotOne) {
-    const DrainStatus status{1795951670376, false, "2 message(s) left to deliver; 1 SMTP session(s) still open"};
+TEST(DrainStatus, RequestAndReportRoundTripAndRejectWhatIsNotOne) {
+    const DrainStatus status{"1795951670376-42-7", false, "2 message(s) left to deliver; 1 SMTP session(s) still open"};
     const auto parsed = parse_drain_status(to_json(status));
     ASSERT_TRUE(parsed.has_value());
-    EXPECT_EQ(parsed->since_unix_ms, status.since_unix_ms);
+    EXPECT_EQ(parsed->token, status.token);
     EXPECT_FALSE(parsed->drained);
     EXPECT_EQ(parsed->summary, status.summary);
-    for (const char* bad : {"", "{", "[]", "{\"since\":1,\"drained\":true}", "{\"since\":\"1\",\"drained\":true,\"summary\":\"\"}"}) {
+    for (const char* bad : {"", "{", "[]", "{\"token\":\"t\",\"drained\":true}",
+                            "{\"token\":1,\"drained\":true,\"summary\":\"\"}"}) {
         EXPECT_FALSE(parse_drain_status(bad).has_value()) << bad;
+    }
+    const DrainRequest request{"t-1", std::chrono::milliseconds(5000)};
+    const auto asked = parse_drain_request(to_json(request));
+    ASSERT_TRUE(asked.has_value());
+    EXPECT_EQ(asked->token, "t-1");
+    EXPECT_EQ(asked->timeout.count(), 5000);
+    for (const char* bad : {"{\"token\":\"t\"}", "{\"token\":\"t\",\"timeoutMs\":0}",
+                            "{\"token\":\"t\",\"timeoutMs\":\"5\"}"}) {
+        EXPECT_FALSE(parse_drain_request(bad).has_value()) << bad;
     }
     EXPECT_EQ(describe(DrainLeft{}, 2), "nothing left to deliver; 2 SMTP session(s) still open");
 }

@@ -31,6 +31,7 @@ struct AdoptReport {
     std::size_t already_here = 0;       // <dir>'s copy removed: this spool had the id (a run cut short)
     std::size_t left_in_flight = 0;     // in <dir>/processing/, owned by its running daemon
     std::vector<std::string> errors;    // "id: what failed"; those items stay in <dir>
+    std::vector<std::string> warnings;  // adopted, but <dir>'s copy could not be removed
 
     std::size_t adopted() const { return from_pending + from_processing + from_dead; }
 };
@@ -46,5 +47,11 @@ public:
 // log; imported false: it was here already, only the other copy was removed.
 AdoptReport adopt(const Spool& own, const std::filesystem::path& other_dir,
                   const std::function<void(const std::string& id, std::string_view from, bool imported)>& on_item = {});
+
+// At a daemon's start, with its lock held: items an adopt of this spool took into
+// adopting/ (adopting-dead/) and did not finish go back to pending/ (dead/), so that they are
+// delivered (and counted, and drained) here; at worst twice, if that adopt had imported them.
+// Nothing when an adopt runs now. Returns how many moved. Blocking; throws SpoolError.
+std::size_t return_unfinished_adoption(const Spool& spool, const std::filesystem::path& spool_dir);
 
 }  // namespace mxhook::spool

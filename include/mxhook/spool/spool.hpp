@@ -279,10 +279,11 @@ public:
     bool hand_over(State from, const std::string& id, const std::filesystem::path& to_dir) const;
     enum class Imported { imported, already_here };
     // Copies the item directory `item` (another spool's) in as <to>/<id>, keeping its id:
-    // its files are hard-linked into tmp/<id> (copied and fsynced when on another
-    // filesystem), tmp/<id> is fsynced, renamed to <to>/<id>, and <to> fsynced. already_here
-    // when the id is in this spool already (an adoption cut short after this step), nothing
-    // done. The source is left as it is. Throws SpoolError.
+    // its files are hard-linked into tmp/.import-<id> (copied and fsynced when on another
+    // filesystem; a dot-name, which start-up recovery leaves alone), that is fsynced, renamed
+    // to <to>/<id>, and <to> fsynced. already_here when the id is in this spool already (an
+    // adoption cut short after this step), nothing done. An item without message.eml or
+    // meta.json is refused (ENOENT). The source is left as it is. Throws SpoolError.
     Imported import_item(const std::filesystem::path& item, const std::string& id, State to) const;
 
     // Removes every recycled item (at a graceful stop). Never throws.

@@ -39,20 +39,35 @@ DrainLeft drain_left(const spool::Census& census);
 // and "; 1 SMTP session(s) still open" when sessions > 0.
 std::string describe(const DrainLeft& left, std::size_t sessions = 0);
 
-// The daemon's report of a drain, in SPOOL_DIR/.drain (JSON, replaced atomically at the
-// end of each drain window): how `mxhook drain` learns the outcome, open sessions
-// included (a message still in DATA may be in no file yet).
+// The request `mxhook drain` leaves in SPOOL_DIR/.drain-request before it signals: a token
+// the daemon's report must carry (so that no earlier report is taken for the answer), and
+// the command's DRAIN_TIMEOUT_MS (so that `exec -e DRAIN_TIMEOUT_MS=...` sets the window the
+// daemon drains for). A bare SIGUSR1 has none: the daemon's own DRAIN_TIMEOUT_MS, no token.
+struct DrainRequest {
+    std::string token;
+    std::chrono::milliseconds timeout{0};
+};
+// The daemon's report of a drain, in SPOOL_DIR/.drain, replaced at the end of each window:
+// how `mxhook drain` learns the outcome, open sessions included (a message still in DATA
+// may be in no file yet).
 struct DrainStatus {
-    std::int64_t since_unix_ms = 0;  // when the daemon got the drain request this answers
-    bool drained = false;            // nothing left to deliver and no session open
-    std::string summary;             // describe()
+    std::string token;    // of the request this answers; empty for a bare SIGUSR1
+    bool drained = false;  // nothing left to deliver and no session open
+    std::string summary;   // describe()
 };
 std::filesystem::path drain_status_path(const std::filesystem::path& spool_dir);
+std::filesystem::path drain_request_path(const std::filesystem::path& spool_dir);
 std::string to_json(const DrainStatus& status);
-std::optional<DrainStatus> parse_drain_status(std::string_view text);  // nullopt when malformed
-// Writes the status beside its final name and renames it over (readers never see half).
-// Blocking; throws std::system_error.
-void write_drain_status(const std::filesystem::path& spool_dir, const DrainStatus& status);
+std::string to_json(const DrainRequest& request);
+// nullopt when malformed.
+std::optional<DrainStatus> parse_drain_status(std::string_view text);
+std::optional<DrainRequest> parse_drain_request(std::string_view text);
+// Replaces `path` by `text`: written beside it under a name of its own, then renamed over
+// it (readers never see half; two writers never share a file). Blocking; throws.
+void replace_file(const std::filesystem::path& path, std::string_view text);
+// The daemon, on SIGUSR1: the pending request, removed (nullopt when none, or malformed).
+// Blocking; never throws.
+std::optional<DrainRequest> take_drain_request(const std::filesystem::path& spool_dir) noexcept;
 
 int drain_command(const Config& config, std::ostream& out, std::ostream& err);
 

@@ -107,6 +107,9 @@ public:
     // in processing/ at exit go back to pending/ at the next start.
     void stop(std::function<void()> on_idle);
     std::size_t in_flight() const { return in_flight_; }
+    // Attempts launched so far: with in_flight(), tells a drain that no item moved between
+    // two looks (only an attempt moves items once no session is open).
+    std::uint64_t launched() const { return launched_; }
 
 private:
     boost::asio::awaitable<void> scan_loop();
@@ -160,6 +163,7 @@ private:
     std::unordered_map<std::string, std::pair<spool::Meta, std::size_t>> known_;
     std::size_t known_bytes_ = 0;
     std::size_t in_flight_ = 0;
+    std::uint64_t launched_ = 0;
     bool stopping_ = false;
     std::optional<std::chrono::system_clock::time_point> drain_since_;
     std::function<void()> on_idle_;
