@@ -215,18 +215,7 @@ protected:
         return run.finish(30s);
     }
 
-    static bool log_shows(Daemon& d, const std::string& text, std::chrono::milliseconds timeout = 10s) {
-        return wait_until([&] { return contains(d.log(), text); }, timeout);
-    }
-
-    // Requests the webhook received for `id` (at `target`, when given), and those answered 200.
-    std::size_t requests_for(const std::string& id, const std::string& target = {}) const {
-        std::size_t n = 0;
-        for (const auto& r : hook_.requests()) {
-            if (r.id() == id && (target.empty() || r.target == target)) ++n;
-        }
-        return n;
-    }
+    // Requests the webhook answered 200 for `id`.
     std::size_t delivered(const std::string& id) const {
         std::size_t n = 0;
         for (const auto& r : hook_.requests()) {

@@ -14,11 +14,6 @@ using ordered_json = nlohmann::ordered_json;
 
 class LifecycleTest : public IntegrationTest {
 protected:
-    // True once the daemon's log contains `text` (bounded).
-    bool log_shows(const std::string& text, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-        return wait_until([&] { return daemon().log().find(text) != std::string::npos; }, timeout);
-    }
-
     // Waits for dead/<id>/error.txt and returns its text; "" (with a failure) when it never came.
     std::string dead_error_text(const std::string& id) {
         const auto path = dead_dir() / id / "error.txt";
@@ -163,7 +158,7 @@ TEST_F(LifecycleTest, SigtermLetsAMessageInDataFinishWithinTheGrace) {
     daemon().signal(SIGTERM);
     // Go on only once the daemon has taken the signal in, so the rest really arrives during
     // the shutdown.
-    ASSERT_TRUE(log_shows("received signal 15")) << "no sign of SIGTERM in the log within 5 s";
+    ASSERT_TRUE(log_shows(daemon(), "received signal 15", std::chrono::seconds(5))) << "no sign of SIGTERM in the log within 5 s";
     ASSERT_TRUE(daemon().running());
 
     ASSERT_TRUE(client->send_raw(tail + ".\r\n"));

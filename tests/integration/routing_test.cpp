@@ -19,7 +19,7 @@ protected:
     }
 
     // Every request that carried `id`.
-    std::vector<WebhookRequest> requests_for(const std::string& id) const {
+    std::vector<WebhookRequest> posts_of(const std::string& id) const {
         std::vector<WebhookRequest> out;
         for (auto& request : hook_.requests()) {
             if (request.id() == id) out.push_back(std::move(request));
@@ -34,7 +34,7 @@ protected:
         auto request = request_for(id);
         EXPECT_TRUE(request.has_value()) << subject << " never arrived";
         EXPECT_TRUE(spool_drains()) << subject;
-        EXPECT_EQ(requests_for(id).size(), 1u) << subject << " was posted more than once";
+        EXPECT_EQ(posts_of(id).size(), 1u) << subject << " was posted more than once";
         return request;
     }
 };
@@ -116,14 +116,14 @@ TEST_F(RoutingTest, RouteIsDecidedAtDeliveryTimeFromTheConfigurationInForce) {
     ASSERT_TRUE(start_daemon(with_role_url()));
     ASSERT_TRUE(wait_until(
         [&] {
-            for (const auto& r : requests_for(id)) {
+            for (const auto& r : posts_of(id)) {
                 if (r.status == 200) return true;
             }
             return false;
         },
         std::chrono::seconds(10)))
         << "the spooled item was never delivered after the restart";
-    for (const auto& r : requests_for(id)) {
+    for (const auto& r : posts_of(id)) {
         if (r.status == 200) {
             EXPECT_EQ(r.target, "/role");
         }

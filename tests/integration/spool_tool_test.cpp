@@ -380,13 +380,6 @@ protected:
         for (const auto& d : {tmp_spool_dir(), pending_dir(), processing_dir(), dead_dir()}) fs::create_directories(d);
     }
 
-    std::size_t requests_for(const std::string& id) const {
-        std::size_t n = 0;
-        for (const auto& r : hook_.requests()) {
-            if (r.id() == id) ++n;
-        }
-        return n;
-    }
     bool wait_requests_for(const std::string& id, std::size_t n, std::chrono::milliseconds timeout = 10s) {
         return wait_until([&] { return requests_for(id) >= n; }, timeout);
     }

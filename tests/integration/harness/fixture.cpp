@@ -141,6 +141,18 @@ Env IntegrationTest::with_overrides(Env base, const Env& overrides) {
     return base;
 }
 
+std::size_t IntegrationTest::requests_for(const std::string& id, const std::string& target) const {
+    std::size_t n = 0;
+    for (const auto& r : hook_.requests()) {
+        if (r.id() == id && (target.empty() || r.target == target)) ++n;
+    }
+    return n;
+}
+
+bool IntegrationTest::log_shows(Daemon& d, const std::string& text, std::chrono::milliseconds timeout) {
+    return wait_until([&] { return d.log().find(text) != std::string::npos; }, timeout);
+}
+
 bool IntegrationTest::start_daemon(const Env& overrides) {
     Env env = with_overrides(base_env(free_port()), overrides);
     const auto log = tmp_.path() / ("daemon-" + std::to_string(daemons_.size() + 1) + ".log");

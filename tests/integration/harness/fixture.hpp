@@ -90,6 +90,12 @@ protected:
     std::optional<WebhookRequest> request_for(const std::string& id,
                                               std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
+    // How many requests the webhook received with X-Mxhook-Id `id` (at `target`, when given).
+    std::size_t requests_for(const std::string& id, const std::string& target = {}) const;
+    // True once `d`'s log contains `text` (bounded).
+    static bool log_shows(Daemon& d, const std::string& text,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
     // True when pending/ and processing/ are both empty (waits, bounded).
     bool spool_drains(std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
